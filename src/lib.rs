@@ -4,4 +4,22 @@
 //! Layout:
 //! - [`config`]: the listener file, parsed and validated into a [`config::Config`]
 //!   with every API code and default.
+//! - [`snapshot`]: the immutable per-listener view the data path reads (backends,
+//!   selector, health) behind an `ArcSwap`.
+//! - [`listener`]: listening sockets (socket2), the accept loop, the connection cap.
+//! - [`proxy`]: one connection: connect with timeout and retries, copy both ways with
+//!   half-close and the idle timeout.
+//! - [`scheduler`]: picking a backend (pure, no sockets).
+//! - [`server`]: the running set of listeners: start, apply (reload), drain.
+//! - [`admin`]: the admin server: metrics, health, status.
+//! - [`demo`]: the built-in backends of `edgelb demo`.
+//! - [`metrics`]: metric names and the handles registered once.
+pub mod admin;
 pub mod config;
+pub mod demo;
+pub mod listener;
+pub mod metrics;
+pub mod proxy;
+pub mod scheduler;
+pub mod server;
+pub mod snapshot;

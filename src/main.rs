@@ -1,9 +1,17 @@
 //! The `edgelb` binary: command line, logging, and the process lifecycle.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use edgelb::admin::{self, AdminState};
 use edgelb::config::Config;
-use std::path::PathBuf;
+use edgelb::server::Server;
+use edgelb::{demo, metrics};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
 
 /// A TCP (layer 4) load balancer whose listeners follow the ENS
 /// CreateLoadBalancerTCPListener API.
@@ -32,6 +40,9 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Start three HTTP backends on loopback and a listener on 127.0.0.1:8080 (or
+    /// the next free port) in front of them, with the admin server.
+    Demo,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,16 +53,61 @@ enum LogFormat {
 
 /// Exit status for an invalid listener file.
 const EXIT_INVALID_CONFIG: u8 = 2;
+/// Exit status for any other start failure.
+const EXIT_START_FAILURE: u8 = 1;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config } => check(&config),
+        Command::Run { config } => match Config::load(&config) {
+            Ok(loaded) => with_runtime(serve(config, loaded, None)),
+            Err(diagnostics) => {
+                for line in diagnostics.lines() {
+                    eprintln!("{line}");
+                }
+                ExitCode::from(EXIT_INVALID_CONFIG)
+            }
+        },
+        Command::Demo => with_runtime(run_demo()),
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn with_runtime(work: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    // Worker threads: TOKIO_WORKER_THREADS, else one per core.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("edgelb: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_START_FAILURE);
+        }
+    };
+    match runtime.block_on(work) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgelb: {e:#}");
+            ExitCode::from(EXIT_START_FAILURE)
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
             let running = config.listeners.iter().filter(|l| l.is_running()).count();
@@ -71,4 +127,92 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::from(EXIT_INVALID_CONFIG)
         }
     }
+}
+
+/// Serves `config` until SIGTERM/SIGINT, reloading `path` on SIGHUP.
+async fn serve(path: PathBuf, config: Config, banner: Option<String>) -> anyhow::Result<()> {
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let prometheus = admin::install_recorder().context("cannot install the metrics recorder")?;
+    let admin_socket = match config.admin.address {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("admin server cannot bind {addr}"))?,
+        ),
+        None => None,
+    };
+    let server = Arc::new(Server::start(&config)?);
+    let state = Arc::new(AdminState {
+        server: server.clone(),
+        prometheus: Some(prometheus),
+        ready: true.into(),
+    });
+    let stop_admin = CancellationToken::new();
+    if let Some(socket) = admin_socket {
+        let addr = socket.local_addr()?;
+        tracing::info!(address = %addr, "admin server listening");
+        tokio::spawn(admin::serve(socket, state.clone(), stop_admin.clone()));
+    }
+    tracing::info!(config = %path.display(), listeners = config.listeners.len(), "edgelb running");
+    if let Some(banner) = banner {
+        println!("{banner}");
+    }
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = hangup.recv() => reload(&path, &server),
+        }
+    }
+    tracing::info!("stopping: listening sockets closed, draining");
+    state.ready.store(false, Ordering::Release);
+    let cut = server.drain().await;
+    stop_admin.cancel();
+    tracing::info!(closed_at_timeout = cut, "stopped");
+    Ok(())
+}
+
+/// SIGHUP: apply the file if it is valid; otherwise keep everything as it is.
+fn reload(path: &Path, server: &Server) {
+    match Config::load(path) {
+        Err(diagnostics) => {
+            for line in diagnostics.lines() {
+                tracing::error!("{line}");
+            }
+            tracing::error!(
+                errors = diagnostics.errors.len(),
+                "reload refused: the running configuration is unchanged"
+            );
+            metrics::config_reload(false);
+        }
+        Ok(config) => match server.apply(&config) {
+            Ok(()) => {
+                tracing::info!(config = %path.display(), listeners = config.listeners.len(), "reloaded");
+                metrics::config_reload(true);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused: the running configuration is unchanged");
+                metrics::config_reload(false);
+            }
+        },
+    }
+}
+
+async fn run_demo() -> anyhow::Result<()> {
+    let backends = demo::start_backends()
+        .await
+        .context("cannot start the demo backends")?;
+    let port = demo::free_port(demo::LISTENER_PORT).context("no free port from 8080 up")?;
+    let admin_port = demo::free_port(demo::ADMIN_PORT).context("no free port from 9900 up")?;
+    let text = demo::config_text(&backends, port, admin_port);
+    let path = std::env::temp_dir().join(format!("edgelb-demo-{}.toml", std::process::id()));
+    std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+    let config = Config::parse(&text, None)
+        .map_err(|errors| anyhow::anyhow!("demo config invalid: {errors:?}"))?;
+    let banner = demo::banner(port, admin_port, &path);
+    let result = serve(path.clone(), config, Some(banner)).await;
+    let _ = std::fs::remove_file(&path);
+    result
 }

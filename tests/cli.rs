@@ -73,7 +73,7 @@ fn version_and_help() {
     assert!(stdout.starts_with("edgelb "), "{stdout}");
     let (code, stdout, _) = edgelb(&["--help"]);
     assert_eq!(code, 0);
-    for word in ["run", "check"] {
+    for word in ["run", "check", "demo"] {
         assert!(stdout.contains(word), "help lacks {word}: {stdout}");
     }
 }

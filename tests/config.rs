@@ -354,7 +354,10 @@ fn missing_required_keys() {
     assert_eq!(errors(&src), [("MissingIp".to_string(), 10, 3)]);
     // A load balancer without an id cannot be the one its listener names.
     let src = file("", "").replace("\nid = \"lb-1\"\n", "\n");
-    assert_eq!(codes(&src), ["MissingLoadBalancerId", "LoadBalancerNotFound"]);
+    assert_eq!(
+        codes(&src),
+        ["MissingLoadBalancerId", "LoadBalancerNotFound"]
+    );
 }
 
 #[test]

@@ -1,0 +1,199 @@
+//! Listening sockets and the accept loop.
+
+use crate::proxy;
+use crate::snapshot::ListenerRuntime;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Listen backlog (the kernel caps it at net.core.somaxconn).
+pub const BACKLOG: i32 = 4096;
+/// First and longest pause after an accept error such as EMFILE.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one "limit reached" warning per this many seconds.
+const WARN_EVERY_SECS: u64 = 5;
+
+/// Binds `addr` as a listener: SO_REUSEADDR (restart while old connections linger in
+/// TIME_WAIT), SO_REUSEPORT (several accept loops or a new process can share the
+/// port), IPV6_V6ONLY for IPv6 (so `::` and `0.0.0.0` are separate listeners).
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// How listeners get their socket: [`bind`] in production; tests substitute one that
+/// binds port 0.
+pub type Binder = Arc<dyn Fn(SocketAddr) -> io::Result<std::net::TcpListener> + Send + Sync>;
+
+pub fn default_binder() -> Binder {
+    Arc::new(bind)
+}
+
+/// The process-wide cap on open client connections (`max_connections`).
+pub struct ConnectionLimit {
+    max: usize,
+    open: AtomicUsize,
+    last_warn: AtomicU64,
+}
+
+/// One admitted connection; gives its slot back when dropped.
+pub struct Permit(Arc<ConnectionLimit>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl ConnectionLimit {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(ConnectionLimit {
+            max,
+            open: AtomicUsize::new(0),
+            last_warn: AtomicU64::new(0),
+        })
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        let admitted = self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok();
+        admitted.then(|| Permit(self.clone()))
+    }
+
+    /// Whether a warning is due (rate-limited so a flood does not flood the log).
+    fn warn_due(&self) -> bool {
+        let now = coarse_secs();
+        let last = self.last_warn.load(Ordering::Relaxed);
+        now >= last + WARN_EVERY_SECS
+            && self
+                .last_warn
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+fn coarse_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `max_connections = 0`: two descriptors per proxied connection, keeping some back
+/// for the admin server, probes and logs.
+pub fn derived_max_connections() -> usize {
+    const RESERVED_FDS: u64 = 128;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    let fds = if ok { limit.rlim_cur } else { 1024 };
+    usize::try_from(fds.saturating_sub(RESERVED_FDS) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
+
+/// What every accept loop shares.
+pub struct Shared {
+    pub limit: Arc<ConnectionLimit>,
+    /// Connection tasks, so a drain can wait for them.
+    pub tracker: TaskTracker,
+    /// Cancelled when the drain time is up: open connections close.
+    pub hard_stop: CancellationToken,
+}
+
+/// Accepts until `stop` is cancelled; the socket closes when this returns.
+pub async fn accept_loop(
+    listener: TcpListener,
+    runtime: Arc<ListenerRuntime>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(ok) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                ok
+            }
+            Err(e) if is_per_connection_error(&e) => continue,
+            Err(e) => {
+                // EMFILE, ENFILE, ENOBUFS, ENOMEM: the pending connection stays in the
+                // backlog; pause instead of spinning on the same error.
+                tracing::warn!(listener = %runtime.listener_port, error = %e, pause_ms = backoff.as_millis() as u64, "accept failed; pausing");
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        runtime.metrics.connections.increment(1);
+        let Some(permit) = shared.limit.try_acquire() else {
+            runtime.metrics.rejected_max_connections.increment(1);
+            if shared.limit.warn_due() {
+                tracing::warn!(
+                    load_balancer_id = %runtime.load_balancer_id,
+                    listener = runtime.listener_port,
+                    max_connections = shared.limit.max(),
+                    "max_connections reached: refusing new connections"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        let task = proxy::handle(
+            stream,
+            peer,
+            runtime.clone(),
+            permit,
+            shared.hard_stop.clone(),
+        );
+        shared.tracker.spawn(task);
+    }
+}
+
+/// Errors that concern one incoming connection only (it was reset before we took it).
+fn is_per_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}

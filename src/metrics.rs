@@ -1,0 +1,200 @@
+//! Every metric edgelb exports: names as constants, described once at start-up, and
+//! handles registered once per listener and backend so the data path never looks a
+//! metric up by name.
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, Unit};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const CONNECTIONS_TOTAL: &str = "edgelb_connections_total";
+pub const ACTIVE_CONNECTIONS: &str = "edgelb_active_connections";
+pub const REJECTED_CONNECTIONS_TOTAL: &str = "edgelb_rejected_connections_total";
+pub const BACKEND_CONNECTIONS_TOTAL: &str = "edgelb_backend_connections_total";
+pub const BACKEND_ACTIVE_CONNECTIONS: &str = "edgelb_backend_active_connections";
+pub const BACKEND_CONNECT_FAILURES_TOTAL: &str = "edgelb_backend_connect_failures_total";
+pub const BACKEND_HEALTHY: &str = "edgelb_backend_healthy";
+pub const HEALTH_TRANSITIONS_TOTAL: &str = "edgelb_health_transitions_total";
+pub const FAIL_OPEN: &str = "edgelb_fail_open";
+pub const HEALTH_CHECKS_TOTAL: &str = "edgelb_health_checks_total";
+pub const BYTES_TOTAL: &str = "edgelb_bytes_total";
+pub const IDLE_TIMEOUTS_TOTAL: &str = "edgelb_idle_timeouts_total";
+pub const PERSISTENCE_ENTRIES: &str = "edgelb_persistence_entries";
+pub const CONNECTION_DURATION_SECONDS: &str = "edgelb_connection_duration_seconds";
+pub const BACKEND_CONNECT_SECONDS: &str = "edgelb_backend_connect_seconds";
+pub const CONFIG_RELOADS_TOTAL: &str = "edgelb_config_reloads_total";
+
+/// Histogram buckets of connection lifetimes, in seconds.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+/// Histogram buckets of backend connect times, in seconds.
+pub const CONNECT_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 3.0,
+];
+
+/// Describes every metric to the installed recorder (help text and unit).
+pub fn describe() {
+    describe_counter!(
+        CONNECTIONS_TOTAL,
+        "Client connections accepted, per listener"
+    );
+    describe_gauge!(ACTIVE_CONNECTIONS, "Client connections open, per listener");
+    describe_counter!(
+        REJECTED_CONNECTIONS_TOTAL,
+        "Client connections closed without a backend, by reason"
+    );
+    describe_counter!(
+        BACKEND_CONNECTIONS_TOTAL,
+        "Connections proxied to a backend"
+    );
+    describe_gauge!(BACKEND_ACTIVE_CONNECTIONS, "Connections open to a backend");
+    describe_counter!(
+        BACKEND_CONNECT_FAILURES_TOTAL,
+        "Failed connects to a backend"
+    );
+    describe_gauge!(
+        BACKEND_HEALTHY,
+        "1 when the backend is eligible (healthy or unknown), else 0"
+    );
+    describe_counter!(
+        HEALTH_TRANSITIONS_TOTAL,
+        "Health state changes, by new state"
+    );
+    describe_gauge!(
+        FAIL_OPEN,
+        "1 while a listener schedules over unhealthy backends"
+    );
+    describe_counter!(HEALTH_CHECKS_TOTAL, "Health probes, by result");
+    describe_counter!(
+        BYTES_TOTAL,
+        Unit::Bytes,
+        "Bytes proxied: in = client to backend, out = backend to client"
+    );
+    describe_counter!(
+        IDLE_TIMEOUTS_TOTAL,
+        "Connections closed by established_timeout"
+    );
+    describe_gauge!(PERSISTENCE_ENTRIES, "Entries in the persistence table");
+    describe_histogram!(
+        CONNECTION_DURATION_SECONDS,
+        Unit::Seconds,
+        "Client connection lifetimes"
+    );
+    describe_histogram!(
+        BACKEND_CONNECT_SECONDS,
+        Unit::Seconds,
+        "Time to connect to a backend"
+    );
+    describe_counter!(CONFIG_RELOADS_TOTAL, "Listener file reloads, by result");
+}
+
+/// The handles of one listener.
+pub struct ListenerMetrics {
+    pub connections: Counter,
+    pub active: Gauge,
+    pub rejected_no_backend: Counter,
+    pub rejected_connect_failed: Counter,
+    pub rejected_max_connections: Counter,
+    pub fail_open: Gauge,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub idle_timeouts: Counter,
+    pub persistence_entries: Gauge,
+    pub duration: Histogram,
+}
+
+impl ListenerMetrics {
+    pub fn new(load_balancer_id: &str, listener_port: u16) -> Self {
+        let lb = ("load_balancer_id", load_balancer_id.to_string());
+        let port = ("listener_port", listener_port.to_string());
+        let l = [lb.clone(), port.clone()];
+        let with =
+            |k: &'static str, v: &'static str| [lb.clone(), port.clone(), (k, v.to_string())];
+        ListenerMetrics {
+            connections: counter!(CONNECTIONS_TOTAL, &l),
+            active: gauge!(ACTIVE_CONNECTIONS, &l),
+            rejected_no_backend: counter!(
+                REJECTED_CONNECTIONS_TOTAL,
+                &with("reason", "no_backend")
+            ),
+            rejected_connect_failed: counter!(
+                REJECTED_CONNECTIONS_TOTAL,
+                &with("reason", "connect_failed")
+            ),
+            rejected_max_connections: counter!(
+                REJECTED_CONNECTIONS_TOTAL,
+                &with("reason", "max_connections")
+            ),
+            fail_open: gauge!(FAIL_OPEN, &l),
+            bytes_in: counter!(BYTES_TOTAL, &with("direction", "in")),
+            bytes_out: counter!(BYTES_TOTAL, &with("direction", "out")),
+            idle_timeouts: counter!(IDLE_TIMEOUTS_TOTAL, &l),
+            persistence_entries: gauge!(PERSISTENCE_ENTRIES, &l),
+            duration: histogram!(CONNECTION_DURATION_SECONDS, &l),
+        }
+    }
+}
+
+/// The handles of one backend of one listener.
+pub struct BackendMetrics {
+    pub connections: Counter,
+    pub active: Gauge,
+    pub connect_failures: Counter,
+    pub healthy: Gauge,
+    pub to_healthy: Counter,
+    pub to_unhealthy: Counter,
+    pub checks_success: Counter,
+    pub checks_failure: Counter,
+    pub connect_seconds: Histogram,
+}
+
+impl BackendMetrics {
+    pub fn new(load_balancer_id: &str, listener_port: u16, server_id: &str) -> Self {
+        let l = [
+            ("load_balancer_id", load_balancer_id.to_string()),
+            ("listener_port", listener_port.to_string()),
+            ("server_id", server_id.to_string()),
+        ];
+        let with = |k: &'static str, v: &'static str| {
+            let mut labels = l.to_vec();
+            labels.push((k, v.to_string()));
+            labels
+        };
+        BackendMetrics {
+            connections: counter!(BACKEND_CONNECTIONS_TOTAL, &l),
+            active: gauge!(BACKEND_ACTIVE_CONNECTIONS, &l),
+            connect_failures: counter!(BACKEND_CONNECT_FAILURES_TOTAL, &l),
+            healthy: gauge!(BACKEND_HEALTHY, &l),
+            to_healthy: counter!(HEALTH_TRANSITIONS_TOTAL, &with("to", "healthy")),
+            to_unhealthy: counter!(HEALTH_TRANSITIONS_TOTAL, &with("to", "unhealthy")),
+            checks_success: counter!(HEALTH_CHECKS_TOTAL, &with("result", "success")),
+            checks_failure: counter!(HEALTH_CHECKS_TOTAL, &with("result", "failure")),
+            connect_seconds: histogram!(BACKEND_CONNECT_SECONDS, &l),
+        }
+    }
+}
+
+/// Counts a reload.
+pub fn config_reload(success: bool) {
+    let result = if success { "success" } else { "failure" };
+    counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(1);
+}
+
+/// A gauge and a readable count raised for as long as this value lives (active
+/// connections), so every exit path gives the count back.
+pub struct LiveGuard<'a>(&'a Gauge, &'a AtomicU64);
+
+impl<'a> LiveGuard<'a> {
+    pub fn new(gauge: &'a Gauge, count: &'a AtomicU64) -> Self {
+        gauge.increment(1.0);
+        count.fetch_add(1, Ordering::Relaxed);
+        LiveGuard(gauge, count)
+    }
+}
+
+impl Drop for LiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+        self.1.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,237 @@
+//! The set of listeners of a running process: start, apply a new configuration
+//! (reload), and drain.
+
+use crate::config::{Config, Global, Listener};
+use crate::listener::{self, accept_loop, Binder, ConnectionLimit, Shared};
+use crate::snapshot::ListenerRuntime;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// `(load_balancer_id, listener_port)`.
+pub type ListenerKey = (String, u16);
+
+/// A listener could not bind its socket.
+#[derive(Debug, thiserror::Error)]
+#[error("listener {load_balancer_id}:{listener_port} cannot bind {address}: {source}")]
+pub struct BindError {
+    pub load_balancer_id: String,
+    pub listener_port: u16,
+    pub address: SocketAddr,
+    pub source: io::Error,
+}
+
+struct Accepting {
+    /// The configured bind address (the actual one may differ with a test binder).
+    configured: SocketAddr,
+    local: SocketAddr,
+    stop: CancellationToken,
+}
+
+struct Entry {
+    runtime: Arc<ListenerRuntime>,
+    accepting: Option<Accepting>,
+}
+
+/// The running listeners.
+pub struct Server {
+    shared: Arc<Shared>,
+    binder: Binder,
+    state: Mutex<State>,
+}
+
+struct State {
+    global: Global,
+    listeners: HashMap<ListenerKey, Entry>,
+}
+
+impl Server {
+    /// Binds every running listener of `config` and starts accepting.
+    pub fn start(config: &Config) -> Result<Server, BindError> {
+        Self::start_with_binder(config, listener::default_binder())
+    }
+
+    /// As [`Server::start`], with another way to get sockets (tests bind port 0).
+    pub fn start_with_binder(config: &Config, binder: Binder) -> Result<Server, BindError> {
+        let max = match config.global.max_connections {
+            0 => listener::derived_max_connections(),
+            n => n,
+        };
+        let server = Server {
+            shared: Arc::new(Shared {
+                limit: ConnectionLimit::new(max),
+                tracker: TaskTracker::new(),
+                hard_stop: CancellationToken::new(),
+            }),
+            binder,
+            state: Mutex::new(State {
+                global: config.global.clone(),
+                listeners: HashMap::new(),
+            }),
+        };
+        server.apply(config)?;
+        tracing::info!(max_connections = max, "connection limit");
+        Ok(server)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies `config`: listeners that remain keep their socket and state; new ones
+    /// bind; removed or stopped ones close their socket while their connections run
+    /// on. If a new socket cannot be bound, nothing changes.
+    pub fn apply(&self, config: &Config) -> Result<(), BindError> {
+        let mut state = self.state();
+        let mut bound = HashMap::new();
+        for l in config.listeners.iter().filter(|l| l.is_running()) {
+            let key = key_of(l);
+            let current = state.listeners.get(&key).and_then(|e| e.accepting.as_ref());
+            if current.is_some_and(|a| a.configured == l.bind) {
+                continue;
+            }
+            let socket = (self.binder)(l.bind).map_err(|source| BindError {
+                load_balancer_id: l.spec.load_balancer_id.clone(),
+                listener_port: l.spec.listener_port,
+                address: l.bind,
+                source,
+            })?;
+            bound.insert(key, socket);
+        }
+        state.global = config.global.clone();
+        let global = state.global.clone();
+        let wanted: HashMap<ListenerKey, &Listener> =
+            config.listeners.iter().map(|l| (key_of(l), l)).collect();
+        // Removed listeners: stop accepting; their connections hold the runtime.
+        state.listeners.retain(|key, entry| {
+            let keep = wanted.contains_key(key);
+            if !keep {
+                stop_accepting(key, entry);
+            }
+            keep
+        });
+        for (key, l) in wanted {
+            let entry = state.listeners.entry(key.clone()).or_insert_with(|| Entry {
+                runtime: ListenerRuntime::new(l.clone(), &global),
+                accepting: None,
+            });
+            entry.runtime.update(l.clone(), &global);
+            if !l.is_running() {
+                stop_accepting(&key, entry);
+            } else if let Some(socket) = bound.remove(&key) {
+                stop_accepting(&key, entry);
+                entry.accepting = Some(self.spawn_accept(socket, l.bind, &entry.runtime));
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_accept(
+        &self,
+        socket: std::net::TcpListener,
+        configured: SocketAddr,
+        runtime: &Arc<ListenerRuntime>,
+    ) -> Accepting {
+        let local = socket.local_addr().unwrap_or(configured);
+        let stop = CancellationToken::new();
+        match tokio::net::TcpListener::from_std(socket) {
+            Ok(listener) => {
+                tracing::info!(load_balancer_id = %runtime.load_balancer_id, listener = runtime.listener_port, address = %local, "listening");
+                tokio::spawn(accept_loop(
+                    listener,
+                    runtime.clone(),
+                    self.shared.clone(),
+                    stop.clone(),
+                ));
+            }
+            Err(e) => {
+                tracing::error!(load_balancer_id = %runtime.load_balancer_id, listener = runtime.listener_port, error = %e, "cannot register the listening socket");
+            }
+        }
+        Accepting {
+            configured,
+            local,
+            stop,
+        }
+    }
+
+    /// The address each accepting listener is bound to.
+    pub fn local_addrs(&self) -> HashMap<ListenerKey, SocketAddr> {
+        self.state()
+            .listeners
+            .iter()
+            .filter_map(|(k, e)| e.accepting.as_ref().map(|a| (k.clone(), a.local)))
+            .collect()
+    }
+
+    /// Every listener runtime (running or not), sorted by key.
+    pub fn runtimes(&self) -> Vec<Arc<ListenerRuntime>> {
+        let state = self.state();
+        let mut all: Vec<(ListenerKey, Arc<ListenerRuntime>)> = state
+            .listeners
+            .iter()
+            .map(|(k, e)| (k.clone(), e.runtime.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.into_iter().map(|(_, r)| r).collect()
+    }
+
+    pub fn global(&self) -> Global {
+        self.state().global.clone()
+    }
+
+    /// Client connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.shared.limit.open()
+    }
+
+    /// Closes every listening socket, waits up to `drain_timeout` for open
+    /// connections to finish, then closes the rest. Returns how many were cut.
+    pub async fn drain(&self) -> usize {
+        let timeout = {
+            let mut state = self.state();
+            for (key, entry) in state.listeners.iter_mut() {
+                stop_accepting(key, entry);
+            }
+            state.global.drain_timeout
+        };
+        self.shared.tracker.close();
+        let open = self.open_connections();
+        if open > 0 {
+            tracing::info!(
+                open,
+                timeout_s = timeout.as_secs(),
+                "draining open connections"
+            );
+        }
+        if tokio::time::timeout(timeout, self.shared.tracker.wait())
+            .await
+            .is_ok()
+        {
+            return 0;
+        }
+        let cut = self.open_connections();
+        tracing::warn!(
+            connections = cut,
+            "drain timeout reached: closing the remaining connections"
+        );
+        self.shared.hard_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.shared.tracker.wait()).await;
+        cut
+    }
+}
+
+fn key_of(l: &Listener) -> ListenerKey {
+    (l.spec.load_balancer_id.clone(), l.spec.listener_port)
+}
+
+fn stop_accepting(key: &ListenerKey, entry: &mut Entry) {
+    if let Some(accepting) = entry.accepting.take() {
+        accepting.stop.cancel();
+        tracing::info!(load_balancer_id = %key.0, listener = key.1, address = %accepting.local, "stopped listening");
+    }
+}
