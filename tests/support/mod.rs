@@ -1,0 +1,165 @@
+//! Test harness: the real listener on 127.0.0.1:0 and small loopback backends.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use edgelb::config::Config;
+use edgelb::listener::Binder;
+use edgelb::server::Server;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A running edgelb with its listeners bound to ephemeral ports.
+pub struct Lb {
+    pub server: Arc<Server>,
+}
+
+impl Lb {
+    /// The address the listener of `(lb, port)` really listens on.
+    pub fn addr(&self, load_balancer_id: &str, port: u16) -> SocketAddr {
+        let addrs = self.server.local_addrs();
+        *addrs
+            .get(&(load_balancer_id.to_string(), port))
+            .unwrap_or_else(|| {
+                panic!("listener {load_balancer_id}:{port} not accepting: {addrs:?}")
+            })
+    }
+}
+
+/// Binds the configured address on port 0, with the production socket options.
+pub fn ephemeral_binder() -> Binder {
+    Arc::new(|addr: SocketAddr| edgelb::listener::bind(SocketAddr::new(addr.ip(), 0)))
+}
+
+pub fn parse(text: &str) -> Config {
+    Config::parse(text, None).unwrap_or_else(|e| panic!("invalid test config: {e:?}\n{text}"))
+}
+
+/// Starts edgelb with `text` (listener ports are names; sockets bind port 0).
+pub fn start_lb(text: &str) -> Lb {
+    let config = parse(text);
+    let server = Server::start_with_binder(&config, ephemeral_binder()).expect("start");
+    Lb {
+        server: Arc::new(server),
+    }
+}
+
+/// A listener file: one load balancer `lb` on 127.0.0.1 with the given backends
+/// (server_id, address, weight) and one listener on port 80 with `extra` lines.
+pub fn config_text(backends: &[(&str, SocketAddr, u32)], global: &str, extra: &str) -> String {
+    let mut text = format!("[global]\n{global}\n[admin]\naddress = \"\"\n[[load_balancers]]\nid = \"lb\"\naddress = \"127.0.0.1\"\n");
+    for (id, addr, weight) in backends {
+        text.push_str(&format!(
+            "[[load_balancers.backend_servers]]\nserver_id = \"{id}\"\nip = \"{}\"\nport = {}\nweight = {weight}\n",
+            addr.ip(),
+            addr.port()
+        ));
+    }
+    text.push_str(&format!(
+        "[[listeners]]\nload_balancer_id = \"lb\"\nlistener_port = 80\n{extra}\n"
+    ));
+    text
+}
+
+/// A backend that counts its connections.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+}
+
+impl Backend {
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// Echoes every byte back; passes a FIN on after echoing everything.
+pub async fn echo_backend() -> Backend {
+    serve(|mut stream| async move {
+        let (mut r, mut w) = stream.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    })
+    .await
+}
+
+/// Writes `name` on every connection, then echoes.
+pub async fn named_backend(name: &'static str) -> Backend {
+    serve(move |mut stream| async move {
+        let _ = stream.write_all(name.as_bytes()).await;
+        let (mut r, mut w) = stream.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    })
+    .await
+}
+
+/// Runs `handler` for every connection to a fresh loopback port.
+pub async fn serve<F, Fut>(handler: F) -> Backend
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let handler = Arc::new(handler);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(handler(stream));
+        }
+    });
+    Backend { addr, accepted }
+}
+
+/// An address where nothing listens (connections are refused).
+pub fn refused_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// A free TCP port on 127.0.0.1 (for tests that run the binary).
+pub fn free_port() -> u16 {
+    refused_addr().port()
+}
+
+/// Reads until EOF.
+pub async fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).await.unwrap();
+    out
+}
+
+/// Reads exactly `n` bytes.
+pub async fn read_n(stream: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut out = vec![0; n];
+    stream.read_exact(&mut out).await.unwrap();
+    out
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Polls `cond` until it holds (readiness, not a fixed sleep); panics after 10 s.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
