@@ -14,12 +14,18 @@
 //! - [`admin`]: the admin server: metrics, health, status.
 //! - [`demo`]: the built-in backends of `edgelb demo`.
 //! - [`metrics`]: metric names and the handles registered once.
+//! - [`persistence`]: the client-IP affinity table (LVS persistence templates).
+//! - [`health_state`]: the health-check hysteresis (pure state machine).
+//! - [`proxy_protocol`]: PROXY protocol v2 headers (`eip_transmit`).
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod health_state;
 pub mod listener;
 pub mod metrics;
+pub mod persistence;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod scheduler;
 pub mod server;
 pub mod snapshot;

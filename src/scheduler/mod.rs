@@ -1,73 +1,143 @@
-//! Backend selection. (Interim: strict rotation for every algorithm; the full
-//! schedulers replace this module with the same API.)
+//! Backend selection for one listener: the pure, I/O-free part of scheduling.
+//!
+//! A [`Selector`] is built (off the hot path) from the listener's backends in
+//! configuration order, each with its weight and health, every time config,
+//! weights or health change; it is immutable afterwards, so the data path can
+//! share it behind an `Arc`/`ArcSwap` and call [`Selector::pick`] per
+//! connection without locks or allocation.
+//!
+//! Eligible backends are those with weight > 0 that are not unhealthy. When
+//! none is eligible but some have weight > 0 the selector *fails open*: it
+//! schedules over every weight > 0 backend (a listener that refuses all
+//! traffic because its health checks misfire is worse than one that tries),
+//! and says so through [`Selector::is_fail_open`]. Weight 0 is never picked.
+
+mod maglev;
+#[cfg(test)]
+mod tests_hash;
+mod wlc;
+mod wrr;
+
+pub use maglev::table_size;
+pub use wlc::ActiveGuard;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The listener's `Scheduler` parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Algorithm {
+    /// Smooth weighted round robin.
     Wrr,
+    /// Weighted least connections.
     Wlc,
+    /// Plain round robin (weights only exclude at 0).
     Rr,
+    /// Consistent hash of the client IP.
     Sch,
+    /// Consistent hash of (client IP, listener IP, client port, listener port).
     Tch,
 }
 
+/// One configured backend of the listener, in configuration order.
+#[derive(Debug, Clone)]
 pub struct Candidate {
     pub server_id: Arc<str>,
+    /// 0..=100; 0 drains the backend.
     pub weight: u32,
+    /// `false` only when health checks say unhealthy; unknown counts as healthy.
     pub healthy: bool,
+    /// Live connections of this backend on this listener. Owned by the caller
+    /// so that the count survives selector rebuilds.
     pub active: Arc<AtomicU64>,
 }
 
-#[derive(Debug, Clone, Copy)]
+impl Candidate {
+    /// A candidate with a fresh (zero) connection counter.
+    pub fn new(server_id: impl Into<Arc<str>>, weight: u32, healthy: bool) -> Self {
+        Candidate {
+            server_id: server_id.into(),
+            weight,
+            healthy,
+            active: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+/// The addresses of one accepted connection, as the hash schedulers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub client: SocketAddr,
     pub local: SocketAddr,
 }
 
+/// An immutable scheduling decision structure for one listener.
 pub struct Selector {
     algorithm: Algorithm,
     candidates: Vec<Candidate>,
-    order: Vec<usize>,
     fail_open: bool,
-    next: AtomicUsize,
+    strategy: Strategy,
+}
+
+enum Strategy {
+    /// No backend with weight > 0: nothing can be picked.
+    Empty,
+    Rr(RoundRobin),
+    Wrr(wrr::SmoothWrr),
+    Wlc(wlc::LeastConn),
+    Hash(maglev::ConsistentHash),
 }
 
 impl Selector {
-    pub fn build(algorithm: Algorithm, candidates: Vec<Candidate>, _hash_seed: &str) -> Selector {
-        let mut order: Vec<usize> = (0..candidates.len())
-            .filter(|&i| candidates[i].weight > 0 && candidates[i].healthy)
-            .collect();
-        let fail_open = order.is_empty();
-        if fail_open {
-            order = (0..candidates.len())
-                .filter(|&i| candidates[i].weight > 0)
-                .collect();
-        }
-        let fail_open = fail_open && !order.is_empty();
+    /// Builds the selector. `hash_seed` only matters for `Sch`/`Tch`: nodes
+    /// that share the seed, the backends and their health agree on every flow.
+    pub fn build(algorithm: Algorithm, candidates: Vec<Candidate>, hash_seed: &str) -> Selector {
+        let (pool, fail_open) = scheduling_pool(&candidates);
+        let strategy = if pool.is_empty() {
+            Strategy::Empty
+        } else {
+            match algorithm {
+                Algorithm::Rr => Strategy::Rr(RoundRobin::new(&pool)),
+                Algorithm::Wrr => Strategy::Wrr(wrr::SmoothWrr::new(&candidates, &pool)),
+                Algorithm::Wlc => Strategy::Wlc(wlc::LeastConn::new(&candidates, &pool)),
+                Algorithm::Sch | Algorithm::Tch => Strategy::Hash(maglev::ConsistentHash::new(
+                    &candidates,
+                    &pool,
+                    hash_seed,
+                    algorithm == Algorithm::Tch,
+                )),
+            }
+        };
         Selector {
             algorithm,
             candidates,
-            order,
             fail_open,
-            next: AtomicUsize::new(0),
+            strategy,
         }
     }
 
-    pub fn pick(&self, _flow: &FlowKey, exclude: &[usize]) -> Option<usize> {
-        let n = self.order.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|i| self.order[(start + i) % n])
-            .find(|i| !exclude.contains(i))
+    /// Picks a backend for `flow`, never one listed in `exclude` (the indices
+    /// already tried for this connection). Returns an index into
+    /// [`Selector::candidates`], or `None` when no candidate is left.
+    #[inline]
+    pub fn pick(&self, flow: &FlowKey, exclude: &[usize]) -> Option<usize> {
+        match &self.strategy {
+            Strategy::Empty => None,
+            Strategy::Rr(s) => s.pick(exclude),
+            Strategy::Wrr(s) => s.pick(exclude),
+            Strategy::Wlc(s) => s.pick(exclude),
+            Strategy::Hash(s) => s.pick(flow, exclude),
+        }
     }
 
+    /// The backends in configuration order; `pick` indexes into this.
     pub fn candidates(&self) -> &[Candidate] {
         &self.candidates
     }
 
+    /// True when no backend is eligible and the selector schedules over every
+    /// weight > 0 backend instead.
     pub fn is_fail_open(&self) -> bool {
         self.fail_open
     }
@@ -75,19 +145,187 @@ impl Selector {
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
     }
-}
 
-pub struct ActiveGuard(Arc<AtomicU64>);
-
-impl ActiveGuard {
-    pub fn new(counter: Arc<AtomicU64>) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(counter)
+    /// Counts a connection against candidate `index` until the guard drops.
+    pub fn guard(&self, index: usize) -> Option<ActiveGuard> {
+        self.candidates
+            .get(index)
+            .map(|c| ActiveGuard::new(Arc::clone(&c.active)))
     }
 }
 
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+impl std::fmt::Debug for Selector {
+    // The tables can be hundreds of KiB: show only what helps a log reader.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Selector")
+            .field("algorithm", &self.algorithm)
+            .field("candidates", &self.candidates.len())
+            .field("fail_open", &self.fail_open)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The indices to schedule over, in configuration order, and whether that is
+/// the fail-open set.
+fn scheduling_pool(candidates: &[Candidate]) -> (Vec<usize>, bool) {
+    let with_weight = || candidates.iter().enumerate().filter(|(_, c)| c.weight > 0);
+    let eligible: Vec<usize> = with_weight()
+        .filter(|(_, c)| c.healthy)
+        .map(|(i, _)| i)
+        .collect();
+    if !eligible.is_empty() {
+        return (eligible, false);
+    }
+    let all: Vec<usize> = with_weight().map(|(i, _)| i).collect();
+    let fail_open = !all.is_empty();
+    (all, fail_open)
+}
+
+/// True when every member of `pool` is in `exclude`. Cheap in the common case
+/// (exclude shorter than pool), so callers use it to bound their walks.
+fn all_excluded(pool: &[u32], exclude: &[usize]) -> bool {
+    pool.len() <= exclude.len() && pool.iter().all(|&i| exclude.contains(&(i as usize)))
+}
+
+/// Strict rotation in configuration order over the pool.
+struct RoundRobin {
+    pool: Vec<u32>,
+    next: AtomicUsize,
+}
+
+impl RoundRobin {
+    fn new(pool: &[usize]) -> Self {
+        RoundRobin {
+            pool: pool.iter().map(|&i| i as u32).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    #[inline]
+    fn pick(&self, exclude: &[usize]) -> Option<usize> {
+        let n = self.pool.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        // Retries take the next backends in rotation order after the turn.
+        (0..n)
+            .map(|k| self.pool[(start + k) % n] as usize)
+            .find(|i| !exclude.contains(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn flow() -> FlowKey {
+        FlowKey {
+            client: "192.0.2.7:40000".parse().unwrap(),
+            local: "198.51.100.1:80".parse().unwrap(),
+        }
+    }
+
+    fn picks(s: &Selector, n: usize) -> Vec<usize> {
+        (0..n).map(|_| s.pick(&flow(), &[]).unwrap()).collect()
+    }
+
+    const ALL: [Algorithm; 5] = [
+        Algorithm::Wrr,
+        Algorithm::Wlc,
+        Algorithm::Rr,
+        Algorithm::Sch,
+        Algorithm::Tch,
+    ];
+
+    #[test]
+    fn selector_is_send_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Selector>();
+    }
+
+    #[test]
+    fn rr_rotates_in_config_order_skipping_weight0_and_unhealthy() {
+        let c = vec![
+            Candidate::new("a", 10, true),
+            Candidate::new("b", 0, true),
+            Candidate::new("c", 1, false),
+            Candidate::new("d", 100, true),
+            Candidate::new("e", 1, true),
+        ];
+        let s = Selector::build(Algorithm::Rr, c, "");
+        assert!(!s.is_fail_open());
+        assert_eq!(picks(&s, 7), vec![0, 3, 4, 0, 3, 4, 0]);
+    }
+
+    #[test]
+    fn fail_open_when_all_unhealthy() {
+        for alg in ALL {
+            let c = vec![
+                Candidate::new("a", 0, false),
+                Candidate::new("b", 5, false),
+                Candidate::new("c", 5, false),
+            ];
+            let s = Selector::build(alg, c, "seed");
+            assert!(s.is_fail_open(), "{alg:?}");
+            let got = picks(&s, 50);
+            assert!(got.iter().all(|&i| i == 1 || i == 2), "{alg:?}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn all_weight_zero_picks_nothing() {
+        for alg in ALL {
+            let c = vec![Candidate::new("a", 0, true), Candidate::new("b", 0, false)];
+            let s = Selector::build(alg, c, "seed");
+            assert!(!s.is_fail_open());
+            assert_eq!(s.pick(&flow(), &[]), None, "{alg:?}");
+        }
+        let s = Selector::build(Algorithm::Rr, Vec::new(), "");
+        assert_eq!(s.pick(&flow(), &[]), None);
+    }
+
+    #[test]
+    fn weight_zero_never_picked_while_another_is_eligible() {
+        for alg in ALL {
+            let c = vec![
+                Candidate::new("a", 0, true),
+                Candidate::new("b", 1, true),
+                Candidate::new("c", 0, true),
+            ];
+            let s = Selector::build(alg, c, "seed");
+            assert!(!s.is_fail_open());
+            assert!(picks(&s, 50).iter().all(|&i| i == 1), "{alg:?}");
+        }
+    }
+
+    #[test]
+    fn exclude_gives_another_backend_then_none() {
+        for alg in ALL {
+            let c = vec![
+                Candidate::new("a", 3, true),
+                Candidate::new("b", 1, true),
+                Candidate::new("c", 0, true),
+                Candidate::new("d", 2, true),
+            ];
+            let s = Selector::build(alg, c, "seed");
+            for _ in 0..20 {
+                let first = s.pick(&flow(), &[]).unwrap();
+                let second = s.pick(&flow(), &[first]).unwrap();
+                assert_ne!(first, second, "{alg:?}");
+                let third = s.pick(&flow(), &[first, second]).unwrap();
+                assert!(![first, second, 2].contains(&third), "{alg:?}");
+                assert_eq!(s.pick(&flow(), &[first, second, third]), None, "{alg:?}");
+            }
+            assert_eq!(s.pick(&flow(), &[0, 1, 2, 3]), None, "{alg:?}");
+        }
+    }
+
+    #[test]
+    fn guard_from_selector_counts_connection() {
+        let s = Selector::build(Algorithm::Wlc, vec![Candidate::new("a", 1, true)], "");
+        let g = s.guard(0).unwrap();
+        assert_eq!(s.candidates()[0].active.load(Ordering::Relaxed), 1);
+        drop(g);
+        assert_eq!(s.candidates()[0].active.load(Ordering::Relaxed), 0);
+        assert!(s.guard(1).is_none());
+        assert_eq!(s.algorithm(), Algorithm::Wlc);
     }
 }
