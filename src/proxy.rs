@@ -3,10 +3,12 @@
 
 use crate::listener::Permit;
 use crate::metrics::LiveGuard;
+use crate::persistence::{PersistenceTable, Placement};
+use crate::proxy_protocol;
 use crate::scheduler::FlowKey;
 use crate::snapshot::{ListenerRuntime, ListenerView};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
@@ -55,7 +57,8 @@ pub async fn handle(
         client: peer,
         local,
     };
-    let (backend, index) = match connect(&view, &flow).await {
+    let (mut pinned, preferred) = Pinned::lookup(&runtime.persistence, &view, peer.ip());
+    let (mut backend, index) = match connect(&view, &flow, preferred).await {
         Ok(connected) => connected,
         Err(Reject::NoBackend) => {
             metrics.rejected_no_backend.increment(1);
@@ -68,6 +71,13 @@ pub async fn handle(
             return;
         }
     };
+    pinned.place(&view, index);
+    if view.listener.spec.eip_transmit {
+        if let Err(e) = send_proxy_header(&client, &mut backend, peer, local).await {
+            tracing::debug!(client = %peer, error = %e, "PROXY header not sent");
+            return;
+        }
+    }
     let state = &view.backends[index];
     // One count for wlc and /status, one gauge for Prometheus.
     let _backend_active = LiveGuard::new(&state.metrics.active, &state.active);
@@ -89,13 +99,87 @@ enum Reject {
     ConnectFailed,
 }
 
-/// Connects to a backend: the scheduler's pick, then up to `connect_retries` others.
-async fn connect(view: &ListenerView, flow: &FlowKey) -> Result<(TcpStream, usize), Reject> {
+/// A client's persistence entry for the life of its connection (when
+/// `persistence_timeout > 0`): looked up before connecting, (re)written with the
+/// backend that was reached, released when the connection ends.
+struct Pinned<'a> {
+    table: &'a PersistenceTable,
+    client: IpAddr,
+    enabled: bool,
+    placement: Option<Placement>,
+}
+
+fn now() -> std::time::Instant {
+    // tokio's clock, so the paused clock of tests moves persistence time too.
+    Instant::now().into_std()
+}
+
+impl<'a> Pinned<'a> {
+    /// The entry of `client`, and its backend when that may still be used.
+    fn lookup(
+        table: &'a PersistenceTable,
+        view: &ListenerView,
+        client: IpAddr,
+    ) -> (Self, Option<usize>) {
+        let enabled = view.listener.persistence_timeout.is_some();
+        let placement = if enabled {
+            table.lookup(client, now())
+        } else {
+            None
+        };
+        let preferred = placement
+            .as_ref()
+            .and_then(|p| view.index.get(p.server_id()).copied())
+            .filter(|&i| view.is_eligible(i));
+        (
+            Pinned {
+                table,
+                client,
+                enabled,
+                placement,
+            },
+            preferred,
+        )
+    }
+
+    /// The connection went to backend `index`: point the entry at it.
+    fn place(&mut self, view: &ListenerView, index: usize) {
+        if !self.enabled {
+            return;
+        }
+        let server_id = view.listener.backends[index].server_id.clone();
+        self.placement = Some(match self.placement.take() {
+            Some(p) if *p.server_id() == server_id => p,
+            Some(p) => self.table.repin(p, server_id, now()),
+            None => self.table.insert(self.client, server_id, now()),
+        });
+    }
+}
+
+impl Drop for Pinned<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.placement.take() {
+            self.table.release(p, now());
+        }
+    }
+}
+
+/// Connects to a backend: `preferred` (the persistence entry's) or the scheduler's
+/// pick, then up to `connect_retries` others.
+async fn connect(
+    view: &ListenerView,
+    flow: &FlowKey,
+    preferred: Option<usize>,
+) -> Result<(TcpStream, usize), Reject> {
     let mut tried = [usize::MAX; MAX_ATTEMPTS];
     let attempts = (view.connect_retries as usize + 1).min(MAX_ATTEMPTS);
     let mut n = 0;
     while n < attempts {
-        let Some(index) = view.selector.pick(flow, &tried[..n]) else {
+        let choice = match preferred {
+            Some(i) if n == 0 => Some(i),
+            _ => view.selector.pick(flow, &tried[..n]),
+        };
+        let Some(index) = choice else {
             break;
         };
         tried[n] = index;
@@ -126,6 +210,31 @@ async fn connect(view: &ListenerView, flow: &FlowKey) -> Result<(TcpStream, usiz
     } else {
         Reject::ConnectFailed
     })
+}
+
+/// Room for client bytes sent in the same write as the PROXY header.
+const FIRST_CHUNK: usize = 4096;
+
+/// `eip_transmit = "on"`: a PROXY v2 header with the client's address as source and
+/// the address it reached as destination, before any client byte. Client bytes
+/// already waiting go in the same write; a server-speaks-first backend still gets
+/// the header at once.
+async fn send_proxy_header(
+    client: &TcpStream,
+    backend: &mut TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; proxy_protocol::MAX_V2_LEN + FIRST_CHUNK];
+    let mut header = [0u8; proxy_protocol::MAX_V2_LEN];
+    let len = proxy_protocol::encode_v2(peer, local, &mut header);
+    buf[..len].copy_from_slice(&header[..len]);
+    let early = match client.try_read(&mut buf[len..]) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    backend.write_all(&buf[..len + early]).await
 }
 
 /// A failed socket option is worth a warning, not a failed connection.

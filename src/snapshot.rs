@@ -8,6 +8,7 @@
 
 use crate::config::{self, Global};
 use crate::metrics::{BackendMetrics, ListenerMetrics};
+use crate::persistence::PersistenceTable;
 use crate::scheduler::{Algorithm, Candidate, Selector};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -43,7 +44,20 @@ pub struct ListenerView {
     pub selector: Selector,
     /// Aligned with `listener.backends` and the selector's candidates.
     pub backends: Vec<Arc<BackendRuntime>>,
+    /// Index of each backend by server id (persistence entries name their backend).
+    pub index: HashMap<Arc<str>, usize>,
 }
+
+impl ListenerView {
+    /// Whether a persistence entry may send a connection to backend `i`: configured,
+    /// weight > 0, not unhealthy.
+    pub fn is_eligible(&self, i: usize) -> bool {
+        self.listener.backends[i].weight > 0 && self.backends[i].is_eligible_health()
+    }
+}
+
+/// How often expired persistence entries are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(1);
 
 /// A listener's lasting state: its current view, metrics and backend states.
 pub struct ListenerRuntime {
@@ -53,6 +67,9 @@ pub struct ListenerRuntime {
     pub metrics: ListenerMetrics,
     /// Client connections open on this listener.
     pub active: AtomicU64,
+    /// Client-IP affinity, used while `persistence_timeout > 0`. Its bound is the
+    /// `persistence_max_entries` in force when the listener was created.
+    pub persistence: PersistenceTable,
     /// Backend states by server id (control plane only, never on the hot path).
     backends: Mutex<HashMap<Arc<str>, Arc<BackendRuntime>>>,
 }
@@ -81,12 +98,32 @@ impl ListenerRuntime {
             listener_port: port,
             metrics,
             active: AtomicU64::new(0),
+            persistence: PersistenceTable::new(Duration::ZERO, global.persistence_max_entries),
             backends,
         };
+        rt.sync_persistence(&rt.view.load());
         rt.metrics
             .fail_open
             .set(f64::from(u8::from(rt.view.load().selector.is_fail_open())));
-        Arc::new(rt)
+        let rt = Arc::new(rt);
+        tokio::spawn(purge_persistence(Arc::downgrade(&rt)));
+        rt
+    }
+
+    /// Keeps the persistence table in step with a view: its timeout, and no entry
+    /// pointing at a backend that is removed, has weight 0 or is unhealthy.
+    fn sync_persistence(&self, view: &ListenerView) {
+        let timeout = view.listener.persistence_timeout.unwrap_or(Duration::ZERO);
+        self.persistence.set_timeout(timeout);
+        if view.listener.persistence_timeout.is_none() {
+            self.persistence.retain_backends(|_| false);
+        } else {
+            self.persistence
+                .retain_backends(|id| view.index.get(id).is_some_and(|&i| view.is_eligible(i)));
+        }
+        self.metrics
+            .persistence_entries
+            .set(self.persistence.len() as f64);
     }
 
     /// Applies a new configuration of this listener (a reload): backends that remain
@@ -109,6 +146,7 @@ impl ListenerRuntime {
     }
 
     fn publish(&self, view: ListenerView) {
+        self.sync_persistence(&view);
         self.metrics
             .fail_open
             .set(f64::from(u8::from(view.selector.is_fail_open())));
@@ -159,7 +197,14 @@ impl ListenerRuntime {
             candidates,
             &global.hash_seed,
         );
+        let index = listener
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.server_id.clone(), i))
+            .collect();
         ListenerView {
+            index,
             listener,
             connect_timeout: global.backend_connect_timeout,
             connect_retries: global.connect_retries,
@@ -171,5 +216,25 @@ impl ListenerRuntime {
     /// The backend states, in the current view's order.
     pub fn backend_states(&self) -> Vec<Arc<BackendRuntime>> {
         self.view.load().backends.clone()
+    }
+}
+
+/// One task per listener frees expired persistence entries (no timer per entry) and
+/// refreshes the entries gauge; it ends when the listener is gone.
+async fn purge_persistence(runtime: std::sync::Weak<ListenerRuntime>) {
+    let mut tick = tokio::time::interval(PURGE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(rt) = runtime.upgrade() else {
+            return;
+        };
+        if !rt.persistence.is_empty() {
+            rt.persistence
+                .purge_expired(tokio::time::Instant::now().into_std());
+        }
+        rt.metrics
+            .persistence_entries
+            .set(rt.persistence.len() as f64);
     }
 }
