@@ -1,6 +1,30 @@
 #!/usr/bin/env bash
-# The test command of the README: installs the outside programs the tests use
-# (when missing) and runs the whole suite.
+# The test command of the README. Installs the outside programs the tests talk to
+# (nginx and HAProxy as PROXY-protocol peers) when they are missing, then runs the
+# whole suite. Needs root for the install (apt-get), as on CI and dev machines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+need=()
+[ -x /usr/sbin/nginx ] || need+=(nginx)
+[ -x /usr/sbin/haproxy ] || need+=(haproxy)
+if [ "${#need[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/test.sh: the tests need ${need[*]}; run as root to install them" >&2
+    exit 1
+  fi
+  echo "scripts/test.sh: installing ${need[*]}"
+  # Keep the packages' scripts from starting system daemons: tests start their own.
+  created_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    created_policy=1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  [ "$created_policy" -eq 1 ] && rm -f /usr/sbin/policy-rc.d
+fi
+
 cargo test
