@@ -339,14 +339,21 @@ async fn copy_both_ways(
 
 /// Copies one way until EOF, then passes the FIN on (half-close) and returns.
 async fn pump(
-    from: ReadHalf<'_>,
+    mut from: ReadHalf<'_>,
     mut to: WriteHalf<'_>,
     activity: &Activity,
     tally: &mut Tally<'_>,
 ) -> io::Result<()> {
     let mut buf: Option<Box<[u8]>> = None;
     loop {
-        from.readable().await?;
+        if buf.is_none() {
+            // Readiness can be reported before any byte has arrived (a fresh socket's
+            // first poll): peek for a real byte, or the FIN, before taking a buffer,
+            // so a connection that stays idle holds none.
+            from.peek(&mut [0u8; 1]).await?;
+        } else {
+            from.readable().await?;
+        }
         let buf = buf.get_or_insert_with(|| vec![0u8; BUFFER_SIZE].into_boxed_slice());
         match from.try_read(buf) {
             Ok(0) => {
