@@ -26,7 +26,16 @@ pub struct BackendRuntime {
     /// Connections open to this backend on this listener (wlc reads it).
     pub active: Arc<AtomicU64>,
     pub health: AtomicU8,
+    /// When `health` last changed (or the backend appeared), as [`unix_millis`].
+    pub last_change: AtomicU64,
     pub metrics: BackendMetrics,
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl BackendRuntime {
@@ -137,6 +146,7 @@ impl ListenerRuntime {
                             server_id: b.server_id.clone(),
                             active: Arc::new(AtomicU64::new(0)),
                             health: AtomicU8::new(HEALTH_UNKNOWN),
+                            last_change: AtomicU64::new(unix_millis()),
                             metrics,
                         })
                     })
