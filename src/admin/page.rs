@@ -17,8 +17,10 @@ h1{font-size:1.4em;margin:0 0 .2em}
 h2{font-size:1.1em;margin:1.6em 0 .4em}
 .meta{color:#666;margin-bottom:1em}
 .meta a{color:#1565c0}
-table{border-collapse:collapse;background:#fff;min-width:70em}
-th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;white-space:nowrap}
+table{border-collapse:collapse;background:#fff;width:100%;max-width:90em}
+th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left;white-space:nowrap}
+td.addr{white-space:normal;word-break:break-all}
+.sub{color:#607d8b;font-weight:normal}
 th{background:#37474f;color:#fff;font-weight:600}
 tr.head th{background:#eceff1;color:#37474f}
 tr.listener td{background:#e3f2fd;font-weight:600}
@@ -29,6 +31,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 .unknown{background:#e0e0e0;color:#424242}
 .unhealthy{background:#ffcdd2;color:#b71c1c}
 .failopen{background:#ffcdd2;color:#b71c1c;font-weight:600}
+.running{color:#1b5e20}
 .stopped{color:#757575}
 .ready{color:#1b5e20;font-weight:600}
 .notready{color:#b71c1c;font-weight:600}
@@ -69,7 +72,7 @@ fn listener_table(html: &mut String, l: &ListenerStatus, now: u64) {
         "<h2>{}:{}{}</h2>\n<table class=\"listener-table\">\n\
          <tr><th>Listener</th><th>Address</th><th>Status</th><th>Scheduler</th>\
          <th>Active</th><th>Total</th><th>Fail-open</th><th>Bytes in</th><th>Bytes out</th>\
-         <th>Persistence entries</th></tr>\n",
+         <th title=\"Entries in the persistence table\">Persistence</th></tr>\n",
         escape(&l.load_balancer_id),
         l.listener_port,
         l.description
@@ -78,8 +81,12 @@ fn listener_table(html: &mut String, l: &ListenerStatus, now: u64) {
             .unwrap_or_default(),
     );
     let address = match &l.bound_address {
-        Some(bound) if *bound != l.address => format!("{} (on {})", l.address, bound),
-        _ => l.address.clone(),
+        Some(bound) if *bound != l.address => format!(
+            "{}<span class=\"sub\"> (on {})</span>",
+            escape(&l.address),
+            escape(bound)
+        ),
+        _ => escape(&l.address),
     };
     let (fail_class, fail_text) = if l.fail_open {
         (" failopen", "yes")
@@ -88,10 +95,10 @@ fn listener_table(html: &mut String, l: &ListenerStatus, now: u64) {
     };
     let _ = write!(
         html,
-        "<tr class=\"listener\"><td>:{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td>\
+        "<tr class=\"listener\"><td>:{}</td><td class=\"addr\">{}</td><td class=\"{}\">{}</td><td>{}</td>\
          {}{}<td class=\"fail-open{fail_class}\">{fail_text}</td>{}{}{}</tr>\n",
         l.listener_port,
-        escape(&address),
+        address,
         l.status,
         l.status,
         l.scheduler,
@@ -103,8 +110,8 @@ fn listener_table(html: &mut String, l: &ListenerStatus, now: u64) {
     );
     html.push_str(
         "<tr class=\"head\"><th>Backend</th><th>Address</th><th>Health</th><th>Weight</th>\
-         <th>Active</th><th>Total</th><th>Connect failures</th><th>Bytes in</th><th>Bytes out</th>\
-         <th>Since last change</th></tr>\n",
+         <th>Active</th><th>Total</th><th title=\"Failed connects to this backend\">Conn. failures</th><th>Bytes in</th><th>Bytes out</th>\
+         <th title=\"Time since the health last changed\">Last change</th></tr>\n",
     );
     for b in &l.backends {
         backend_row(html, b, now);
@@ -115,7 +122,7 @@ fn listener_table(html: &mut String, l: &ListenerStatus, now: u64) {
 fn backend_row(html: &mut String, b: &BackendStatus, now: u64) {
     let _ = write!(
         html,
-        "<tr class=\"backend\"><td>{}</td><td>{}</td><td class=\"health {}\">{}</td>{}{}{}{}{}{}\
+        "<tr class=\"backend\"><td>{}</td><td class=\"addr\">{}</td><td class=\"health {}\">{}</td>{}{}{}{}{}{}\
          <td class=\"num\">{}</td></tr>\n",
         escape(&b.server_id),
         escape(&b.address),
