@@ -93,10 +93,10 @@ fn listener_table(html: &mut String, l: &ListenerStatus, now: u64) {
     } else {
         ("", "no")
     };
-    let _ = write!(
+    let _ = writeln!(
         html,
         "<tr class=\"listener\"><td>:{}</td><td class=\"addr\">{}</td><td class=\"{}\">{}</td><td>{}</td>\
-         {}{}<td class=\"fail-open{fail_class}\">{fail_text}</td>{}{}{}</tr>\n",
+         {}{}<td class=\"fail-open{fail_class}\">{fail_text}</td>{}{}{}</tr>",
         l.listener_port,
         address,
         l.status,
@@ -120,10 +120,10 @@ fn listener_table(html: &mut String, l: &ListenerStatus, now: u64) {
 }
 
 fn backend_row(html: &mut String, b: &BackendStatus, now: u64) {
-    let _ = write!(
+    let _ = writeln!(
         html,
         "<tr class=\"backend\"><td>{}</td><td class=\"addr\">{}</td><td class=\"health {}\">{}</td>{}{}{}{}{}{}\
-         <td class=\"num\">{}</td></tr>\n",
+         <td class=\"num\">{}</td></tr>",
         escape(&b.server_id),
         escape(&b.address),
         b.health,

@@ -259,7 +259,9 @@ pub fn parse(text: &str) -> Result<Exposition, String> {
 /// Buckets ascending in `le` with non-decreasing counts, a `+Inf` bucket equal to
 /// `_count`, and a `_sum`, for every label set.
 fn check_histogram(name: &str, family: &Family) -> Result<(), String> {
-    let mut series: BTreeMap<Labels, (Vec<(f64, f64)>, Option<f64>, Option<f64>)> = BTreeMap::new();
+    /// `(le, count)` buckets, `_sum`, `_count` of one label set.
+    type Series = (Vec<(f64, f64)>, Option<f64>, Option<f64>);
+    let mut series: BTreeMap<Labels, Series> = BTreeMap::new();
     for s in &family.samples {
         let mut labels = s.labels.clone();
         let le = labels.remove("le");
