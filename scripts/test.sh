@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The test command of the README. Installs the outside programs the tests talk to
-# (nginx and HAProxy as PROXY-protocol peers) when they are missing, then runs the
-# whole suite. Needs root for the install (apt-get), as on CI and dev machines.
+# when they are missing (nginx and HAProxy as PROXY-protocol peers, Chromium to
+# render the status page), then runs the whole suite. Needs root for the install (apt-get), as on CI and dev machines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "scripts/test.sh: the tests need ${need[*]}; run as root to install them" >&2

@@ -1,14 +1,19 @@
 //! The admin server (hyper): `/metrics`, `/healthz`, `/status` and the status page.
 
+mod page;
+mod status;
+
+pub use page::status_page;
+pub use status::status_json;
+
 use crate::metrics as m;
 use crate::server::Server;
-use crate::snapshot::{HEALTH_HEALTHY, HEALTH_UNHEALTHY};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -40,12 +45,49 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// What the admin handlers read.
+/// What the admin handlers read. The admin server starts before the listeners bind,
+/// so `/healthz` can say 503 until they are.
 pub struct AdminState {
-    pub server: Arc<Server>,
+    server: OnceLock<Arc<Server>>,
     pub prometheus: Option<PrometheusHandle>,
-    /// Set once every running listener is bound.
+    /// Set once the server has started (every running listener bound); cleared when
+    /// it drains.
     pub ready: AtomicBool,
+}
+
+impl AdminState {
+    /// A state without listeners yet: `/healthz` says 503.
+    pub fn new(prometheus: Option<PrometheusHandle>) -> Self {
+        AdminState {
+            server: OnceLock::new(),
+            prometheus,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// The started server (once only; a second call is ignored). Does not set `ready`.
+    pub fn set_server(&self, server: Arc<Server>) {
+        let _ = self.server.set(server);
+    }
+
+    pub fn server(&self) -> Option<&Arc<Server>> {
+        self.server.get()
+    }
+
+    /// `/healthz`: started, not draining, and every running listener accepting.
+    pub fn is_ready(&self) -> bool {
+        if !self.ready.load(Ordering::Acquire) {
+            return false;
+        }
+        let Some(server) = self.server() else {
+            return false;
+        };
+        let bound = server.local_addrs();
+        server.runtimes().iter().all(|rt| {
+            !rt.view.load().listener.is_running()
+                || bound.contains_key(&(rt.load_balancer_id.clone(), rt.listener_port))
+        })
+    }
 }
 
 /// Serves the admin endpoints on `listener` until `stop` is cancelled.
@@ -92,16 +134,21 @@ fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
             ),
         },
         "/healthz" => {
-            if state.ready.load(Ordering::Acquire) {
+            if state.is_ready() {
                 text(StatusCode::OK, "ok\n")
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
         "/status" => reply(
             StatusCode::OK,
             "application/json",
-            status_json(&state.server).to_string(),
+            status_json(state.server().map(|s| &**s), state.is_ready()).to_string(),
+        ),
+        "/" => reply(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            status_page(state.server().map(|s| &**s), state.is_ready()),
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -120,52 +167,4 @@ fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<
             .insert(hyper::header::CONTENT_TYPE, value);
     }
     response
-}
-
-fn health_name(h: u8) -> &'static str {
-    match h {
-        HEALTH_HEALTHY => "healthy",
-        HEALTH_UNHEALTHY => "unhealthy",
-        _ => "unknown",
-    }
-}
-
-/// `/status`: listeners, backends, health, weights, active connections.
-pub fn status_json(server: &Server) -> serde_json::Value {
-    let addrs = server.local_addrs();
-    let listeners: Vec<serde_json::Value> = server
-        .runtimes()
-        .iter()
-        .map(|rt| {
-            let view = rt.view.load();
-            let l = &view.listener;
-            let key = (rt.load_balancer_id.clone(), rt.listener_port);
-            let backends: Vec<serde_json::Value> = l
-                .backends
-                .iter()
-                .zip(&view.backends)
-                .map(|(b, state)| {
-                    serde_json::json!({
-                        "server_id": &*b.server_id,
-                        "address": b.addr.to_string(),
-                        "weight": b.weight,
-                        "health": health_name(state.health.load(Ordering::Relaxed)),
-                        "active_connections": state.active.load(Ordering::Relaxed),
-                    })
-                })
-                .collect();
-            serde_json::json!({
-                "load_balancer_id": rt.load_balancer_id,
-                "listener_port": rt.listener_port,
-                "address": l.bind.to_string(),
-                "bound_address": addrs.get(&key).map(ToString::to_string),
-                "status": l.spec.status.as_str(),
-                "scheduler": l.spec.scheduler.as_str(),
-                "active_connections": rt.active.load(Ordering::Relaxed),
-                "fail_open": view.selector.is_fail_open(),
-                "backends": backends,
-            })
-        })
-        .collect();
-    serde_json::json!({ "listeners": listeners })
 }

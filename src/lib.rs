@@ -11,7 +11,8 @@
 //!   half-close and the idle timeout.
 //! - [`scheduler`]: picking a backend (pure, no sockets).
 //! - [`server`]: the running set of listeners: start, apply (reload), drain.
-//! - [`admin`]: the admin server: metrics, health, status.
+//! - [`admin`]: the admin server: `/metrics`, `/healthz`, `/status` (JSON) and `/`
+//!   (the status page for people), read from the runtimes' counts.
 //! - [`demo`]: the built-in backends of `edgelb demo`.
 //! - [`metrics`]: metric names and the handles registered once.
 //! - [`persistence`]: the client-IP affinity table (LVS persistence templates).

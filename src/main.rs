@@ -143,18 +143,17 @@ async fn serve(path: PathBuf, config: Config, banner: Option<String>) -> anyhow:
         ),
         None => None,
     };
-    let server = Arc::new(Server::start(&config)?);
-    let state = Arc::new(AdminState {
-        server: server.clone(),
-        prometheus: Some(prometheus),
-        ready: true.into(),
-    });
+    // The admin server answers before the listeners bind: /healthz says 503 until then.
+    let state = Arc::new(AdminState::new(Some(prometheus)));
     let stop_admin = CancellationToken::new();
     if let Some(socket) = admin_socket {
         let addr = socket.local_addr()?;
         tracing::info!(address = %addr, "admin server listening");
         tokio::spawn(admin::serve(socket, state.clone(), stop_admin.clone()));
     }
+    let server = Arc::new(Server::start(&config)?);
+    state.set_server(server.clone());
+    state.ready.store(true, Ordering::Release);
     tracing::info!(config = %path.display(), listeners = config.listeners.len(), "edgelb running");
     if let Some(banner) = banner {
         println!("{banner}");

@@ -23,6 +23,26 @@ pub const CONNECTION_DURATION_SECONDS: &str = "edgelb_connection_duration_second
 pub const BACKEND_CONNECT_SECONDS: &str = "edgelb_backend_connect_seconds";
 pub const CONFIG_RELOADS_TOTAL: &str = "edgelb_config_reloads_total";
 
+/// Every metric name above, for tests and tools (the Grafana dashboard test).
+pub const ALL: &[&str] = &[
+    CONNECTIONS_TOTAL,
+    ACTIVE_CONNECTIONS,
+    REJECTED_CONNECTIONS_TOTAL,
+    BACKEND_CONNECTIONS_TOTAL,
+    BACKEND_ACTIVE_CONNECTIONS,
+    BACKEND_CONNECT_FAILURES_TOTAL,
+    BACKEND_HEALTHY,
+    HEALTH_TRANSITIONS_TOTAL,
+    FAIL_OPEN,
+    HEALTH_CHECKS_TOTAL,
+    BYTES_TOTAL,
+    IDLE_TIMEOUTS_TOTAL,
+    PERSISTENCE_ENTRIES,
+    CONNECTION_DURATION_SECONDS,
+    BACKEND_CONNECT_SECONDS,
+    CONFIG_RELOADS_TOTAL,
+];
+
 /// Histogram buckets of connection lifetimes, in seconds.
 pub const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
@@ -86,20 +106,74 @@ pub fn describe() {
         "Time to connect to a backend"
     );
     describe_counter!(CONFIG_RELOADS_TOTAL, "Listener file reloads, by result");
+    // Process-wide series exist from the start, so a dashboard shows 0, not "no data".
+    for result in ["success", "failure"] {
+        counter!(CONFIG_RELOADS_TOTAL, "result" => result).absolute(0);
+    }
+}
+
+/// A Prometheus counter with a total the process can read back (the status page),
+/// so nothing ever reads the recorder.
+pub struct Total {
+    counter: Counter,
+    value: AtomicU64,
+}
+
+impl Total {
+    fn new(counter: Counter) -> Self {
+        Total {
+            counter,
+            value: AtomicU64::new(0),
+        }
+    }
+
+    pub fn increment(&self, n: u64) {
+        self.counter.increment(n);
+        self.value.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.value.load(Ordering::Relaxed)
+    }
+}
+
+/// A Prometheus gauge of a count the process can read back.
+pub struct Level {
+    gauge: Gauge,
+    value: AtomicU64,
+}
+
+impl Level {
+    fn new(gauge: Gauge) -> Self {
+        Level {
+            gauge,
+            value: AtomicU64::new(0),
+        }
+    }
+
+    pub fn set(&self, n: u64) {
+        self.gauge.set(n as f64);
+        self.value.store(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.value.load(Ordering::Relaxed)
+    }
 }
 
 /// The handles of one listener.
 pub struct ListenerMetrics {
-    pub connections: Counter,
+    pub connections: Total,
     pub active: Gauge,
     pub rejected_no_backend: Counter,
     pub rejected_connect_failed: Counter,
     pub rejected_max_connections: Counter,
     pub fail_open: Gauge,
-    pub bytes_in: Counter,
-    pub bytes_out: Counter,
+    pub bytes_in: Total,
+    pub bytes_out: Total,
     pub idle_timeouts: Counter,
-    pub persistence_entries: Gauge,
+    /// Entries in the persistence table: the persistence code sets it.
+    pub persistence_entries: Level,
     pub duration: Histogram,
 }
 
@@ -111,7 +185,7 @@ impl ListenerMetrics {
         let with =
             |k: &'static str, v: &'static str| [lb.clone(), port.clone(), (k, v.to_string())];
         ListenerMetrics {
-            connections: counter!(CONNECTIONS_TOTAL, &l),
+            connections: Total::new(counter!(CONNECTIONS_TOTAL, &l)),
             active: gauge!(ACTIVE_CONNECTIONS, &l),
             rejected_no_backend: counter!(
                 REJECTED_CONNECTIONS_TOTAL,
@@ -126,10 +200,10 @@ impl ListenerMetrics {
                 &with("reason", "max_connections")
             ),
             fail_open: gauge!(FAIL_OPEN, &l),
-            bytes_in: counter!(BYTES_TOTAL, &with("direction", "in")),
-            bytes_out: counter!(BYTES_TOTAL, &with("direction", "out")),
+            bytes_in: Total::new(counter!(BYTES_TOTAL, &with("direction", "in"))),
+            bytes_out: Total::new(counter!(BYTES_TOTAL, &with("direction", "out"))),
             idle_timeouts: counter!(IDLE_TIMEOUTS_TOTAL, &l),
-            persistence_entries: gauge!(PERSISTENCE_ENTRIES, &l),
+            persistence_entries: Level::new(gauge!(PERSISTENCE_ENTRIES, &l)),
             duration: histogram!(CONNECTION_DURATION_SECONDS, &l),
         }
     }
@@ -137,15 +211,19 @@ impl ListenerMetrics {
 
 /// The handles of one backend of one listener.
 pub struct BackendMetrics {
-    pub connections: Counter,
+    pub connections: Total,
     pub active: Gauge,
-    pub connect_failures: Counter,
+    pub connect_failures: Total,
     pub healthy: Gauge,
     pub to_healthy: Counter,
     pub to_unhealthy: Counter,
     pub checks_success: Counter,
     pub checks_failure: Counter,
     pub connect_seconds: Histogram,
+    /// Bytes proxied through this backend (status page only: Prometheus has them
+    /// per listener), added with the listener's batches.
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
 }
 
 impl BackendMetrics {
@@ -161,15 +239,17 @@ impl BackendMetrics {
             labels
         };
         BackendMetrics {
-            connections: counter!(BACKEND_CONNECTIONS_TOTAL, &l),
+            connections: Total::new(counter!(BACKEND_CONNECTIONS_TOTAL, &l)),
             active: gauge!(BACKEND_ACTIVE_CONNECTIONS, &l),
-            connect_failures: counter!(BACKEND_CONNECT_FAILURES_TOTAL, &l),
+            connect_failures: Total::new(counter!(BACKEND_CONNECT_FAILURES_TOTAL, &l)),
             healthy: gauge!(BACKEND_HEALTHY, &l),
             to_healthy: counter!(HEALTH_TRANSITIONS_TOTAL, &with("to", "healthy")),
             to_unhealthy: counter!(HEALTH_TRANSITIONS_TOTAL, &with("to", "unhealthy")),
             checks_success: counter!(HEALTH_CHECKS_TOTAL, &with("result", "success")),
             checks_failure: counter!(HEALTH_CHECKS_TOTAL, &with("result", "failure")),
             connect_seconds: histogram!(BACKEND_CONNECT_SECONDS, &l),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
         }
     }
 }

@@ -2,11 +2,11 @@
 //! copy both ways with half-close and the idle timeout.
 
 use crate::listener::Permit;
-use crate::metrics::LiveGuard;
+use crate::metrics::{LiveGuard, Total};
 use crate::persistence::{PersistenceTable, Placement};
 use crate::proxy_protocol;
 use crate::scheduler::FlowKey;
-use crate::snapshot::{ListenerRuntime, ListenerView};
+use crate::snapshot::{BackendRuntime, ListenerRuntime, ListenerView};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,7 +84,7 @@ pub async fn handle(
     state.metrics.connections.increment(1);
     tracing::debug!(client = %peer, backend = %view.listener.backends[index].addr, listener = runtime.listener_port, "proxying");
     let idle = view.listener.established_timeout;
-    let close = copy_both_ways(client, backend, idle, &hard_stop, &runtime).await;
+    let close = copy_both_ways(client, backend, idle, &hard_stop, &runtime, state).await;
     if close == Close::IdleTimeout {
         metrics.idle_timeouts.increment(1);
     }
@@ -274,9 +274,10 @@ async fn idle_timer(activity: &Activity, idle: std::time::Duration) {
     }
 }
 
-/// Bytes moved one way, added to the counter in batches.
+/// Bytes moved one way, added to the listener's and the backend's counts in batches.
 struct Tally<'a> {
-    counter: &'a metrics::Counter,
+    counter: &'a Total,
+    backend: &'a AtomicU64,
     pending: u64,
 }
 
@@ -291,6 +292,7 @@ impl Tally<'_> {
     fn flush(&mut self) {
         if self.pending > 0 {
             self.counter.increment(self.pending);
+            self.backend.fetch_add(self.pending, Ordering::Relaxed);
             self.pending = 0;
         }
     }
@@ -310,6 +312,7 @@ async fn copy_both_ways(
     idle: std::time::Duration,
     hard_stop: &CancellationToken,
     runtime: &ListenerRuntime,
+    state: &BackendRuntime,
 ) -> Close {
     let activity = Activity {
         base: Instant::now(),
@@ -319,10 +322,12 @@ async fn copy_both_ways(
     let (backend_read, backend_write) = backend.split();
     let mut tally_in = Tally {
         counter: &runtime.metrics.bytes_in,
+        backend: &state.metrics.bytes_in,
         pending: 0,
     };
     let mut tally_out = Tally {
         counter: &runtime.metrics.bytes_out,
+        backend: &state.metrics.bytes_out,
         pending: 0,
     };
     let upstream = pump(client_read, backend_write, &activity, &mut tally_in);

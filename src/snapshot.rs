@@ -27,7 +27,16 @@ pub struct BackendRuntime {
     /// Connections open to this backend on this listener (wlc reads it).
     pub active: Arc<AtomicU64>,
     pub health: AtomicU8,
+    /// When `health` last changed (or the backend appeared), as [`unix_millis`].
+    pub last_change: AtomicU64,
     pub metrics: BackendMetrics,
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl BackendRuntime {
@@ -123,7 +132,7 @@ impl ListenerRuntime {
         }
         self.metrics
             .persistence_entries
-            .set(self.persistence.len() as f64);
+            .set(self.persistence.len() as u64);
     }
 
     /// Applies a new configuration of this listener (a reload): backends that remain
@@ -175,6 +184,7 @@ impl ListenerRuntime {
                             server_id: b.server_id.clone(),
                             active: Arc::new(AtomicU64::new(0)),
                             health: AtomicU8::new(HEALTH_UNKNOWN),
+                            last_change: AtomicU64::new(unix_millis()),
                             metrics,
                         })
                     })
@@ -235,6 +245,6 @@ async fn purge_persistence(runtime: std::sync::Weak<ListenerRuntime>) {
         }
         rt.metrics
             .persistence_entries
-            .set(rt.persistence.len() as f64);
+            .set(rt.persistence.len() as u64);
     }
 }
