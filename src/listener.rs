@@ -139,6 +139,12 @@ pub async fn accept_loop(
     stop: CancellationToken,
 ) {
     let mut backoff = ACCEPT_BACKOFF_MIN;
+    // Bound to a specific address, every accepted socket has this local address:
+    // no getsockname per connection.
+    let fixed_local = listener
+        .local_addr()
+        .ok()
+        .filter(|a| !a.ip().is_unspecified());
     loop {
         let accepted = tokio::select! {
             biased;
@@ -180,6 +186,7 @@ pub async fn accept_loop(
         let task = proxy::handle(
             stream,
             peer,
+            fixed_local,
             runtime.clone(),
             permit,
             shared.hard_stop.clone(),

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Copy buffer per direction, allocated on the first byte (idle connections hold none).
+/// Copy buffer per direction, held only while bytes are moving (idle connections hold none).
 pub const BUFFER_SIZE: usize = 16 * 1024;
 /// Bytes are added to the counters in batches of at least this much (and at close).
 const BYTES_BATCH: u64 = 256 * 1024;
@@ -37,10 +37,12 @@ pub enum Close {
     Drain,
 }
 
-/// Serves one accepted client until it is done.
+/// Serves one accepted client until it is done. `local` is the address it reached,
+/// when the listener already knows it (a listener bound to a specific address).
 pub async fn handle(
     client: TcpStream,
     peer: SocketAddr,
+    local: Option<SocketAddr>,
     runtime: Arc<ListenerRuntime>,
     _permit: Permit,
     hard_stop: CancellationToken,
@@ -50,7 +52,7 @@ pub async fn handle(
     let _active = LiveGuard::new(&metrics.active, &runtime.active);
     let view = runtime.view.load_full();
     set_nodelay_or_warn(&client, "client");
-    let Ok(local) = client.local_addr() else {
+    let Some(local) = local.or_else(|| client.local_addr().ok()) else {
         return; // the client is already gone
     };
     let flow = FlowKey {
@@ -344,34 +346,32 @@ async fn copy_both_ways(
 
 /// Copies one way until EOF, then passes the FIN on (half-close) and returns.
 async fn pump(
-    mut from: ReadHalf<'_>,
+    from: ReadHalf<'_>,
     mut to: WriteHalf<'_>,
     activity: &Activity,
     tally: &mut Tally<'_>,
 ) -> io::Result<()> {
-    let mut buf: Option<Box<[u8]>> = None;
+    // Readiness may be spurious (a fresh socket's first poll) and a connection may
+    // idle for long after a burst: the buffer is taken for a read and given back as
+    // soon as the socket has nothing more, so an idle connection holds none. Its
+    // capacity is never zeroed: reads fill it through `try_read_buf`.
+    let mut buf: Option<Vec<u8>> = None;
     loop {
-        if buf.is_none() {
-            // Readiness can be reported before any byte has arrived (a fresh socket's
-            // first poll): peek for a real byte, or the FIN, before taking a buffer,
-            // so a connection that stays idle holds none.
-            from.peek(&mut [0u8; 1]).await?;
-        } else {
-            from.readable().await?;
-        }
-        let buf = buf.get_or_insert_with(|| vec![0u8; BUFFER_SIZE].into_boxed_slice());
-        match from.try_read(buf) {
+        from.readable().await?;
+        let chunk = buf.get_or_insert_with(|| Vec::with_capacity(BUFFER_SIZE));
+        chunk.clear();
+        match from.try_read_buf(chunk) {
             Ok(0) => {
                 to.shutdown().await?;
                 return Ok(());
             }
             Ok(n) => {
                 activity.touch();
-                to.write_all(&buf[..n]).await?;
+                to.write_all(&chunk[..n]).await?;
                 activity.touch();
                 tally.add(n);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf = None,
             Err(e) => return Err(e),
         }
     }
