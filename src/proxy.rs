@@ -12,7 +12,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
@@ -309,8 +308,8 @@ impl Drop for Tally<'_> {
 /// Copies both ways until both sides are done, a side fails, nothing moves for
 /// `idle`, or the drain time runs out.
 async fn copy_both_ways(
-    mut client: TcpStream,
-    mut backend: TcpStream,
+    client: TcpStream,
+    backend: TcpStream,
     idle: std::time::Duration,
     hard_stop: &CancellationToken,
     runtime: &ListenerRuntime,
@@ -320,8 +319,6 @@ async fn copy_both_ways(
         base: Instant::now(),
         last_ms: AtomicU64::new(0),
     };
-    let (client_read, client_write) = client.split();
-    let (backend_read, backend_write) = backend.split();
     let mut tally_in = Tally {
         counter: &runtime.metrics.bytes_in,
         backend: &state.metrics.bytes_in,
@@ -332,8 +329,8 @@ async fn copy_both_ways(
         backend: &state.metrics.bytes_out,
         pending: 0,
     };
-    let upstream = pump(client_read, backend_write, &activity, &mut tally_in);
-    let downstream = pump(backend_read, client_write, &activity, &mut tally_out);
+    let upstream = pump(&client, &backend, &activity, &mut tally_in);
+    let downstream = pump(&backend, &client, &activity, &mut tally_out);
     tokio::select! {
         result = async { tokio::try_join!(upstream, downstream) } => match result {
             Ok(_) => Close::Done,
@@ -346,33 +343,87 @@ async fn copy_both_ways(
 
 /// Copies one way until EOF, then passes the FIN on (half-close) and returns.
 async fn pump(
-    from: ReadHalf<'_>,
-    mut to: WriteHalf<'_>,
+    from: &TcpStream,
+    to: &TcpStream,
     activity: &Activity,
     tally: &mut Tally<'_>,
 ) -> io::Result<()> {
     // Readiness may be spurious (a fresh socket's first poll) and a connection may
-    // idle for long after a burst: the buffer is taken for a read and given back as
-    // soon as the socket has nothing more, so an idle connection holds none. Its
-    // capacity is never zeroed: reads fill it through `try_read_buf`.
+    // idle for long after a burst: the buffer is taken for a burst and given back
+    // once the socket is drained, so an idle connection holds none.
     let mut buf: Option<Vec<u8>> = None;
     loop {
         from.readable().await?;
         let chunk = buf.get_or_insert_with(|| Vec::with_capacity(BUFFER_SIZE));
-        chunk.clear();
-        match from.try_read_buf(chunk) {
-            Ok(0) => {
-                to.shutdown().await?;
+        let read = read_burst(from, chunk);
+        match read {
+            Read::Eof => {
+                socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write)?;
                 return Ok(());
             }
-            Ok(n) => {
+            Read::Data { drained } => {
                 activity.touch();
-                to.write_all(&chunk[..n]).await?;
+                write_all(to, chunk).await?;
                 activity.touch();
-                tally.add(n);
+                tally.add(chunk.len());
+                if drained {
+                    buf = None;
+                }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf = None,
+            Read::Nothing => buf = None,
+            Read::Failed(e) => return Err(e),
+        }
+    }
+}
+
+enum Read {
+    Eof,
+    /// Bytes are in the buffer; `drained` when the socket very likely has no more.
+    Data {
+        drained: bool,
+    },
+    /// Spurious readiness.
+    Nothing,
+    Failed(io::Error),
+}
+
+/// One read into `chunk` (cleared first). A read shorter than the buffer means the
+/// socket is very likely drained: it is reported to tokio as `WouldBlock` (the bytes
+/// kept) so the readiness is cleared and the next read waits for the next edge
+/// instead of costing a syscall that returns `EAGAIN`. A FIN already seen stays
+/// flagged by tokio (closed readiness is never cleared), so no EOF is missed.
+fn read_burst(from: &TcpStream, chunk: &mut Vec<u8>) -> Read {
+    chunk.clear();
+    let mut got = 0;
+    let result = from.try_io(tokio::io::Interest::READABLE, || {
+        let spare = chunk.spare_capacity_mut();
+        let n = socket2::SockRef::from(from).recv(spare)?;
+        got = n;
+        if n > 0 && n < spare.len() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    // SAFETY: recv initialised the first `got` bytes of the spare capacity.
+    unsafe { chunk.set_len(got) };
+    match result {
+        Ok(0) => Read::Eof,
+        Ok(_) => Read::Data { drained: false },
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Read::Data { drained: true },
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Read::Nothing,
+        Err(e) => Read::Failed(e),
+    }
+}
+
+/// Writes all of `bytes`, waiting for the socket only when its buffer is full.
+async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match to.try_write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
             Err(e) => return Err(e),
         }
     }
+    Ok(())
 }

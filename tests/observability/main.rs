@@ -267,11 +267,22 @@ async fn status_json_has_listeners_backends_health_and_counts() {
     let text = config_for(
         "lb-status",
         &[("b1", b1.addr, 100), ("b2", b2.addr, 0)],
-        "description = \"web\"\nscheduler = \"wlc\"",
+        "description = \"web\"\nscheduler = \"wlc\"\npersistence_timeout = 600",
     );
     let (lb, admin) = lb_with_admin(&text).await;
     let rt = lb.server.runtimes()[0].clone();
-    rt.metrics.persistence_entries.set(7);
+    // Seven pinned clients; the purge task refreshes the count every second.
+    let now = std::time::Instant::now();
+    let _pinned: Vec<_> = (1..=7u8)
+        .map(|i| {
+            rt.persistence
+                .insert([10, 0, 0, i].into(), "b1".into(), now)
+        })
+        .collect();
+    wait_until("the persistence gauge", || {
+        rt.metrics.persistence_entries.get() == 7
+    })
+    .await;
     let (status, content_type, body) = get(admin, "/status").await;
     assert_eq!((status, content_type.as_str()), (200, "application/json"));
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
