@@ -9,8 +9,11 @@
 //! Decisions the spec leaves open:
 //! - A stopped listener is not checked: it takes no connections. When it starts
 //!   again its backends start *unknown* (eligible) and the first probe decides.
-//! - Weight-0 backends are probed like the others: it costs one connection per
-//!   interval, and their health is known (status page) before the weight goes up.
+//! - Weight-0 backends are not probed: they take no new connections, so their
+//!   health decides nothing, and a drained backend sees no probe traffic (tests
+//!   that count a backend's connections stay exact). They show *unknown*; when the
+//!   weight goes up they start unknown (eligible) and the first probe, at once,
+//!   decides. A loop that stops leaves its backend unknown likewise.
 //! - A reload keeps each remaining backend's health and streak; changed settings
 //!   (thresholds, interval, timeout, probe kind, target) apply from the next probe.
 
@@ -137,8 +140,13 @@ impl Checks {
             .map(|b| (b.server_id.clone(), b))
             .collect();
         let loops = self.listeners.entry(key).or_default();
-        loops.retain(|id, _| listener.backends.iter().any(|b| &b.server_id == id));
-        for backend in &listener.backends {
+        loops.retain(|id, _| {
+            listener
+                .backends
+                .iter()
+                .any(|b| &b.server_id == id && b.weight > 0)
+        });
+        for backend in listener.backends.iter().filter(|b| b.weight > 0) {
             let target = Target::new(listener, backend);
             if let Some(running) = loops.get(&backend.server_id) {
                 running.settings.send_if_modified(|current| {

@@ -86,6 +86,13 @@ fn health_code(h: Health) -> u8 {
 
 impl ProbeLoop {
     pub async fn run(mut self) {
+        self.probe_until_stopped().await;
+        // Nothing checks this backend any more: its health is unknown again.
+        self.backend.health.store(HEALTH_UNKNOWN, Ordering::Relaxed);
+        self.backend.metrics.healthy.set(1.0);
+    }
+
+    async fn probe_until_stopped(&mut self) {
         let mut target = self.settings.borrow_and_update().clone();
         let mut state = HealthState::new(target.healthy_threshold, target.unhealthy_threshold);
         self.start_unknown();
@@ -148,6 +155,10 @@ impl ProbeLoop {
         target: &Target,
         result: Result<(), probe::ProbeError>,
     ) {
+        // Stopped while probing: the result no longer belongs to anyone.
+        if self.stop.is_cancelled() {
+            return;
+        }
         let ok = result.is_ok();
         self.backend.checks.record(ok);
         let metrics = &self.backend.metrics;
