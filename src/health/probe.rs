@@ -76,7 +76,11 @@ async fn http(addr: SocketAddr, check: &HttpCheck) -> Result<(), ProbeError> {
             .await
             .map_err(ProbeError::ProxyHeader)?;
     }
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    // `Host:` as the spec writes it: some health endpoints are picky about case.
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .title_case_headers(true)
+        .handshake(TokioIo::new(stream))
+        .await?;
     // The connection is driven here rather than in a spawned task, so the
     // timeout around the probe drops it too.
     let response = sender.send_request(request);
