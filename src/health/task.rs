@@ -1,12 +1,17 @@
 //! The probe loop of one (listener, backend): when to probe, and what a result does.
 //!
-//! Cadence: the first probe starts at once. The second starts after a per-target
-//! gap in `[interval/2, 3*interval/2)` drawn from a hash of (listener, server id),
-//! so targets that start together (a process start, a reload adding many backends)
-//! fall out of step, and later ones every `interval` after the previous start.
-//! Probes run inline, so at most one is in flight: one that outlasts the interval
-//! (the timeout is never shorter than the interval) delays the next, which then
-//! starts as soon as it ends.
+//! Cadence: the first probe starts at once. Later ones start on a lattice shared
+//! by every target, `EPOCH + phase + k * interval`, where the phase is a multiple
+//! of [`STEP`] drawn from a hash of (listener, server id):
+//! - targets fall out of step (2,000 targets at 1 s spread over 100 steps), also
+//!   those that start together (a process start, a reload adding many backends);
+//! - the runtime wakes once per step for all the probes due in it, not once per
+//!   probe: with thousands of targets most of the cost is wake-ups and syscalls.
+//!
+//! The second probe is the first lattice point at least `interval/2` after the
+//! first, so it is neither immediate nor late. Probes run inline, so at most one
+//! is in flight: one that outlasts the interval (the timeout is never shorter than
+//! the interval) delays the next, which starts at the next step after it ends.
 //!
 //! The phase comes from a hash rather than a random draw so a given target keeps
 //! its slot across restarts and two nodes with one config probe alike. The key is
@@ -20,11 +25,14 @@ use crate::snapshot::{
 use siphasher::sip::SipHasher13;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+/// Granularity of probe start times.
+pub const STEP: Duration = Duration::from_millis(10);
 
 /// One probe loop; [`ProbeLoop::run`] is the task.
 pub struct ProbeLoop {
@@ -35,7 +43,22 @@ pub struct ProbeLoop {
     pub stop: CancellationToken,
 }
 
-/// Where in `[0, interval)` a target's probes fall: a hash of its identity.
+/// The origin of the lattice, the same for every loop of the process.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn nanos(d: Duration) -> u128 {
+    d.as_nanos().max(1)
+}
+
+fn from_nanos(n: u128) -> Duration {
+    Duration::from_nanos(u64::try_from(n).unwrap_or(u64::MAX))
+}
+
+/// Where in `[0, interval)` a target's probes fall: a multiple of [`STEP`] from a
+/// hash of its identity.
 pub fn phase(
     load_balancer_id: &str,
     listener_port: u16,
@@ -44,36 +67,30 @@ pub fn phase(
 ) -> Duration {
     let mut h = SipHasher13::new_with_keys(0, 0);
     (load_balancer_id, listener_port, server_id).hash(&mut h);
-    let nanos = u64::try_from(interval.as_nanos())
-        .unwrap_or(u64::MAX)
-        .max(1);
-    Duration::from_nanos(h.finish() % nanos)
+    let steps = (interval.as_nanos() / nanos(STEP)).max(1);
+    from_nanos((u128::from(h.finish()) % steps) * STEP.as_nanos())
 }
 
-/// The gap between the first probe and the second: the phase, moved into
-/// `[interval/2, 3*interval/2)` so the second probe is neither immediate nor late.
-pub fn first_gap(interval: Duration, phase: Duration) -> Duration {
-    if phase < interval / 2 {
-        phase + interval
-    } else {
-        phase
-    }
+/// The first point `origin + k * period` (k >= 0) at or after `t`.
+fn at_or_after(t: Instant, origin: Instant, period: Duration) -> Instant {
+    let since = t.saturating_duration_since(origin).as_nanos();
+    let period = nanos(period);
+    origin + from_nanos(since.div_ceil(period) * period)
 }
 
-/// When the probe after one that started at `started` (and ended at `now`) starts.
-pub fn next_start(
-    started: Instant,
-    first: bool,
+/// When the second probe starts, the first having started at `first`.
+pub fn second_start(
+    first: Instant,
     interval: Duration,
     phase: Duration,
-    now: Instant,
+    epoch: Instant,
 ) -> Instant {
-    let gap = if first {
-        first_gap(interval, phase)
-    } else {
-        interval
-    };
-    (started + gap).max(now)
+    at_or_after(first + interval / 2, epoch + phase, interval)
+}
+
+/// When the probe after one scheduled at `scheduled` (and ended at `now`) starts.
+pub fn next_start(scheduled: Instant, interval: Duration, now: Instant, epoch: Instant) -> Instant {
+    (scheduled + interval).max(at_or_after(now, epoch, STEP))
 }
 
 fn health_code(h: Health) -> u8 {
@@ -99,8 +116,9 @@ impl ProbeLoop {
         let server_id = self.backend.server_id.clone();
         let lb = self.runtime.load_balancer_id.clone();
         let port = self.runtime.listener_port;
+        let epoch = epoch();
         let mut next = Instant::now();
-        let mut last_start: Option<Instant> = None;
+        let mut first = true;
         loop {
             tokio::select! {
                 biased;
@@ -111,31 +129,30 @@ impl ProbeLoop {
                     }
                     let new = self.settings.borrow_and_update().clone();
                     state.set_thresholds(new.healthy_threshold, new.unhealthy_threshold);
-                    // A shorter interval applies to the pending wait too.
-                    if let Some(last) = last_start {
-                        next = next.min((last + new.interval).max(Instant::now()));
+                    // A new interval applies from the pending wait on, from the last start.
+                    if !first && new.interval != target.interval {
+                        let last = next.checked_sub(target.interval).unwrap_or(next);
+                        next = next_start(last, new.interval, Instant::now(), epoch);
                     }
                     target = new;
                     continue;
                 }
                 () = tokio::time::sleep_until(next) => {}
             }
-            let started = Instant::now();
             let result = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => return,
                 r = probe::probe(&target) => r,
             };
             self.record(&mut state, &target, result);
-            let phase = phase(&lb, port, &server_id, target.interval);
-            next = next_start(
-                started,
-                last_start.is_none(),
-                target.interval,
-                phase,
-                Instant::now(),
-            );
-            last_start = Some(started);
+            let now = Instant::now();
+            next = if first {
+                let phase = phase(&lb, port, &server_id, target.interval);
+                second_start(next, target.interval, phase, epoch).max(at_or_after(now, epoch, STEP))
+            } else {
+                next_start(next, target.interval, now, epoch)
+            };
+            first = false;
         }
     }
 
@@ -238,37 +255,47 @@ mod tests {
     }
 
     #[test]
-    fn first_gap_is_between_half_and_one_and_a_half_intervals() {
-        let i = Duration::from_secs(2);
-        for ms in [0, 1, 999, 1000, 1500, 1999] {
-            let gap = first_gap(i, Duration::from_millis(ms));
-            assert!(
-                gap >= i / 2 && gap < i * 3 / 2,
-                "phase {ms} ms: gap {gap:?}"
-            );
+    fn phases_are_whole_steps() {
+        let i = Duration::from_secs(3);
+        for n in 0..200 {
+            let p = phase("lb", 80, &format!("i-{n}"), i);
+            assert_eq!(p.as_nanos() % STEP.as_nanos(), 0);
         }
-        assert_eq!(
-            first_gap(i, Duration::from_millis(1200)),
-            Duration::from_millis(1200)
-        );
-        assert_eq!(
-            first_gap(i, Duration::from_millis(200)),
-            Duration::from_millis(2200)
-        );
+        // An interval shorter than a step still gets a phase (0).
+        assert_eq!(phase("lb", 80, "b1", STEP / 2), Duration::ZERO);
+    }
+
+    #[test]
+    fn second_probe_is_on_the_phase_half_to_one_and_a_half_intervals_later() {
+        let epoch = Instant::now();
+        let i = Duration::from_secs(2);
+        for first_ms in [0u64, 3, 777, 1999, 5000] {
+            let first = epoch + Duration::from_millis(first_ms);
+            for phase_ms in [0u64, 10, 990, 1000, 1500, 1990] {
+                let p = Duration::from_millis(phase_ms);
+                let second = second_start(first, i, p, epoch);
+                let gap = second - first;
+                assert!(
+                    gap >= i / 2 && gap < i * 3 / 2,
+                    "{first_ms} {phase_ms}: {gap:?}"
+                );
+                assert_eq!((second - epoch - p).as_nanos() % i.as_nanos(), 0);
+            }
+        }
     }
 
     #[test]
     fn next_start_keeps_cadence_and_never_overlaps() {
-        let t0 = Instant::now();
+        let epoch = Instant::now();
         let i = Duration::from_secs(1);
-        let p = Duration::from_millis(700);
-        // First probe: the phase decides.
-        assert_eq!(next_start(t0, true, i, p, t0), t0 + p);
-        // Later probes: one interval after the previous start.
-        let fast = t0 + Duration::from_millis(5);
-        assert_eq!(next_start(t0, false, i, p, fast), t0 + i);
-        // A probe that outlasted the interval delays the next: no overlap, no burst.
-        let slow = t0 + Duration::from_millis(1800);
-        assert_eq!(next_start(t0, false, i, p, slow), slow);
+        let scheduled = epoch + Duration::from_millis(700);
+        // A quick probe: one interval after the previous start.
+        let now = scheduled + Duration::from_millis(5);
+        assert_eq!(next_start(scheduled, i, now, epoch), scheduled + i);
+        // One that outlasted the interval delays the next to the following step:
+        // no overlap, no burst, still on the lattice.
+        let now = scheduled + Duration::from_millis(1803);
+        let next = next_start(scheduled, i, now, epoch);
+        assert_eq!(next, epoch + Duration::from_millis(2510));
     }
 }
