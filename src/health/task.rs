@@ -204,7 +204,6 @@ impl ProbeLoop {
             Health::Unhealthy => b.metrics.to_unhealthy.increment(1),
             Health::Unknown => {}
         }
-        let reason = failure.map(ToString::to_string);
         tracing::info!(
             load_balancer_id = %self.runtime.load_balancer_id,
             listener = self.runtime.listener_port,
@@ -212,7 +211,7 @@ impl ProbeLoop {
             backend = %target.addr,
             from = %t.from,
             to = %t.to,
-            reason = reason.as_deref().unwrap_or(""),
+            reason = failure.map(tracing::field::display),
             "backend health changed"
         );
         // Unknown -> Healthy changes no eligibility: the view stays as it is.
