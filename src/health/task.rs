@@ -112,7 +112,6 @@ impl ProbeLoop {
     async fn probe_until_stopped(&mut self) {
         let mut target = self.settings.borrow_and_update().clone();
         let mut state = HealthState::new(target.healthy_threshold, target.unhealthy_threshold);
-        self.start_unknown();
         let server_id = self.backend.server_id.clone();
         let lb = self.runtime.load_balancer_id.clone();
         let port = self.runtime.listener_port;
@@ -153,16 +152,6 @@ impl ProbeLoop {
                 next_start(next, target.interval, now, epoch)
             };
             first = false;
-        }
-    }
-
-    /// A loop starts with the backend unknown (eligible): a fresh backend already
-    /// is; one of a listener started again may still show an old verdict.
-    fn start_unknown(&self) {
-        let before = self.backend.health.swap(HEALTH_UNKNOWN, Ordering::Relaxed);
-        self.backend.metrics.healthy.set(1.0);
-        if before == HEALTH_UNHEALTHY {
-            self.runtime.rebuild();
         }
     }
 
