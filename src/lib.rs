@@ -16,11 +16,13 @@
 //! - [`demo`]: the built-in backends of `edgelb demo`.
 //! - [`metrics`]: metric names and the handles registered once.
 //! - [`persistence`]: the client-IP affinity table (LVS persistence templates).
+//! - [`health`]: the health checks: one probe loop per (listener, backend).
 //! - [`health_state`]: the health-check hysteresis (pure state machine).
 //! - [`proxy_protocol`]: PROXY protocol v2 headers (`eip_transmit`).
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod health_state;
 pub mod listener;
 pub mod metrics;

@@ -2,6 +2,7 @@
 //! (reload), and drain.
 
 use crate::config::{Config, Global, Listener};
+use crate::health;
 use crate::listener::{self, accept_loop, Binder, ConnectionLimit, Shared};
 use crate::snapshot::ListenerRuntime;
 use std::collections::HashMap;
@@ -47,6 +48,8 @@ pub struct Server {
 struct State {
     global: Global,
     listeners: HashMap<ListenerKey, Entry>,
+    /// The probe loops of the running listeners.
+    checks: health::Checks,
 }
 
 impl Server {
@@ -71,6 +74,7 @@ impl Server {
             state: Mutex::new(State {
                 global: config.global.clone(),
                 listeners: HashMap::new(),
+                checks: health::Checks::default(),
             }),
         };
         server.apply(config)?;
@@ -87,6 +91,7 @@ impl Server {
     /// on. If a new socket cannot be bound, nothing changes.
     pub fn apply(&self, config: &Config) -> Result<(), BindError> {
         let mut state = self.state();
+        let state = &mut *state;
         let mut bound = HashMap::new();
         for l in config.listeners.iter().filter(|l| l.is_running()) {
             let key = key_of(l);
@@ -111,6 +116,7 @@ impl Server {
             let keep = wanted.contains_key(key);
             if !keep {
                 stop_accepting(key, entry);
+                state.checks.stop(key);
             }
             keep
         });
@@ -120,6 +126,7 @@ impl Server {
                 accepting: None,
             });
             entry.runtime.update(l.clone(), &global);
+            state.checks.sync(&entry.runtime, l);
             if !l.is_running() {
                 stop_accepting(&key, entry);
             } else if let Some(socket) = bound.remove(&key) {

@@ -30,6 +30,8 @@ pub struct BackendRuntime {
     /// When `health` last changed (or the backend appeared), as [`unix_millis`].
     pub last_change: AtomicU64,
     pub metrics: BackendMetrics,
+    /// Probe results so far, readable (tests, status) without the metrics recorder.
+    pub checks: crate::health::CheckCounts,
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
@@ -73,6 +75,10 @@ pub struct ListenerRuntime {
     pub load_balancer_id: String,
     pub listener_port: u16,
     pub view: ArcSwap<ListenerView>,
+    /// Serialises rebuilds (a reload and a health change may race: the later one must
+    /// not publish a view built from the older config) and keeps the global settings
+    /// of the last update, which a health rebuild reuses.
+    rebuild_lock: Mutex<Global>,
     pub metrics: ListenerMetrics,
     /// Client connections open on this listener.
     pub active: AtomicU64,
@@ -103,6 +109,7 @@ impl ListenerRuntime {
         let backends = Mutex::new(HashMap::new());
         let rt = ListenerRuntime {
             view: ArcSwap::from_pointee(Self::build(&id, port, &backends, listener, global)),
+            rebuild_lock: Mutex::new(global.clone()),
             load_balancer_id: id,
             listener_port: port,
             metrics,
@@ -138,6 +145,11 @@ impl ListenerRuntime {
     /// Applies a new configuration of this listener (a reload): backends that remain
     /// keep their state; new connections use the new view.
     pub fn update(&self, listener: config::Listener, global: &Global) {
+        let mut last = self
+            .rebuild_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        last.clone_from(global);
         let view = Self::build(
             &self.load_balancer_id,
             self.listener_port,
@@ -148,10 +160,22 @@ impl ListenerRuntime {
         self.publish(view);
     }
 
-    /// Rebuilds the view from the current one (after a health change).
-    pub fn rebuild(&self, global: &Global) {
+    /// Rebuilds the view from the current one and the global settings of the last
+    /// update (after a health change).
+    pub fn rebuild(&self) {
+        let global = self
+            .rebuild_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let listener = self.view.load().listener.clone();
-        self.update(listener, global);
+        let view = Self::build(
+            &self.load_balancer_id,
+            self.listener_port,
+            &self.backends,
+            listener,
+            &global,
+        );
+        self.publish(view);
     }
 
     fn publish(&self, view: ListenerView) {
@@ -186,6 +210,7 @@ impl ListenerRuntime {
                             health: AtomicU8::new(HEALTH_UNKNOWN),
                             last_change: AtomicU64::new(unix_millis()),
                             metrics,
+                            checks: Default::default(),
                         })
                     })
                     .clone()

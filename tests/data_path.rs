@@ -87,10 +87,11 @@ async fn backend_half_close_reaches_the_client_which_can_still_send() {
 async fn a_refused_backend_is_skipped_by_the_retry() {
     let good = named_backend("good").await;
     let dead = refused_addr();
+    // Probes go elsewhere: "dead" stays eligible, so the retry is what skips it.
     let text = config_text(
         &[("dead", dead, 100), ("good", good.addr, 100)],
         "connect_retries = 1",
-        "scheduler = \"rr\"",
+        &format!("scheduler = \"rr\"\n{}", health_sink().await),
     );
     let lb = start_lb(&text);
     for _ in 0..6 {
@@ -138,7 +139,11 @@ async fn no_backend_with_weight_closes_the_client_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_connections_are_proxied_correctly() {
     let backend = echo_backend().await;
-    let lb = start_lb(&config_text(&[("b1", backend.addr, 100)], "", ""));
+    let lb = start_lb(&config_text(
+        &[("b1", backend.addr, 100)],
+        "",
+        &health_sink().await,
+    ));
     let addr = lb.addr("lb", 80);
     let mut clients = Vec::new();
     for i in 0..1000u64 {

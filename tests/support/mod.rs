@@ -115,6 +115,14 @@ where
     Backend { addr, accepted }
 }
 
+/// A listener line sending every backend's health probes to a sink that accepts
+/// and closes, so the backends count only data connections (test backends all
+/// share 127.0.0.1, so one port serves them all).
+pub async fn health_sink() -> String {
+    let sink = serve(|_| async {}).await;
+    format!("health_check_connect_port = {}", sink.addr.port())
+}
+
 /// An address where nothing listens (connections are refused).
 pub fn refused_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -1,0 +1,199 @@
+//! Health checks: one probe loop (a tokio task) per (listener, backend).
+//!
+//! - [`probe`]: one TCP or HTTP probe, bounded by the effective timeout.
+//! - [`task`]: the loop: cadence with a per-target phase, the hysteresis of
+//!   [`crate::health_state::HealthState`], and what a transition does (health in
+//!   [`BackendRuntime`], metrics, one log line, a rebuild of the listener's view).
+//! - [`Checks`] (here): the registry the server keeps in step with the config.
+//!
+//! Decisions the spec leaves open:
+//! - A stopped listener is not checked: it takes no connections. When it starts
+//!   again its backends start *unknown* (eligible) and the first probe decides.
+//! - Weight-0 backends are not probed: they take no new connections, so their
+//!   health decides nothing, and a drained backend sees no probe traffic (tests
+//!   that count a backend's connections stay exact). They show *unknown*; when the
+//!   weight goes up they start unknown (eligible) and the first probe, at once,
+//!   decides. A loop that stops leaves its backend unknown likewise.
+//! - A reload keeps each remaining backend's health and streak; changed settings
+//!   (thresholds, interval, timeout, probe kind, target) apply from the next probe.
+
+pub mod probe;
+pub mod task;
+
+use crate::config::{Backend, HealthCheckType, HttpCodes, Listener};
+use crate::server::ListenerKey;
+use crate::snapshot::{BackendRuntime, ListenerRuntime};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+/// Probe results of one backend of one listener, readable without the metrics
+/// recorder (integration tests count them; the status page may show them).
+#[derive(Debug, Default)]
+pub struct CheckCounts {
+    success: AtomicU64,
+    failure: AtomicU64,
+}
+
+impl CheckCounts {
+    pub fn record(&self, ok: bool) {
+        let counter = if ok { &self.success } else { &self.failure };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn successes(&self) -> u64 {
+        self.success.load(Ordering::Relaxed)
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.failure.load(Ordering::Relaxed)
+    }
+}
+
+/// What a probe sends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Probe {
+    /// A TCP handshake, then a reset.
+    Tcp,
+    Http(HttpCheck),
+}
+
+/// An HTTP probe: `HEAD {uri}` with `Host: {host}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpCheck {
+    pub uri: String,
+    pub host: String,
+    pub codes: HttpCodes,
+    /// Send a PROXY v2 LOCAL header first (`eip_transmit = "on"`).
+    pub proxy_header: bool,
+}
+
+/// Everything one probe loop needs, resolved from the listener and the backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub probe: Probe,
+    pub interval: Duration,
+    /// The effective timeout: it bounds the whole probe (connect, request, response head).
+    pub timeout: Duration,
+    pub healthy_threshold: u8,
+    pub unhealthy_threshold: u8,
+}
+
+impl Target {
+    pub fn new(listener: &Listener, backend: &Backend) -> Target {
+        let hc = &listener.health_check;
+        let probe = match hc.kind {
+            HealthCheckType::Tcp => Probe::Tcp,
+            HealthCheckType::Http => Probe::Http(HttpCheck {
+                // Validation requires a URI for http checks; "/" is only a fallback.
+                uri: hc.uri.clone().unwrap_or_else(|| "/".to_string()),
+                host: backend.health_check_host.clone(),
+                codes: hc.http_codes,
+                proxy_header: listener.spec.eip_transmit,
+            }),
+        };
+        Target {
+            addr: backend.health_check_addr,
+            probe,
+            interval: hc.interval,
+            timeout: hc.timeout,
+            healthy_threshold: hc.healthy_threshold,
+            unhealthy_threshold: hc.unhealthy_threshold,
+        }
+    }
+}
+
+/// A running probe loop: dropping it stops the loop.
+struct Running {
+    settings: watch::Sender<Arc<Target>>,
+    _stop: DropGuard,
+}
+
+/// The probe loops of every running listener, kept in step with the config by
+/// [`Checks::sync`] and [`Checks::stop`]. Dropping it stops every loop.
+#[derive(Default)]
+pub struct Checks {
+    listeners: HashMap<ListenerKey, HashMap<Arc<str>, Running>>,
+}
+
+impl Checks {
+    /// Brings the loops of one listener in line with its (new) config, after
+    /// `runtime.update(listener)`: loops start for new backends, stop for removed
+    /// ones (or all, when the listener is stopped), and get the new settings.
+    pub fn sync(&mut self, runtime: &Arc<ListenerRuntime>, listener: &Listener) {
+        let key = (
+            listener.spec.load_balancer_id.clone(),
+            listener.spec.listener_port,
+        );
+        if !listener.is_running() {
+            self.stop(&key);
+            return;
+        }
+        let states: HashMap<Arc<str>, Arc<BackendRuntime>> = runtime
+            .backend_states()
+            .into_iter()
+            .map(|b| (b.server_id.clone(), b))
+            .collect();
+        let loops = self.listeners.entry(key).or_default();
+        loops.retain(|id, _| {
+            listener
+                .backends
+                .iter()
+                .any(|b| &b.server_id == id && b.weight > 0)
+        });
+        for backend in listener.backends.iter().filter(|b| b.weight > 0) {
+            let target = Target::new(listener, backend);
+            if let Some(running) = loops.get(&backend.server_id) {
+                running.settings.send_if_modified(|current| {
+                    let changed = **current != target;
+                    if changed {
+                        *current = Arc::new(target);
+                    }
+                    changed
+                });
+                continue;
+            }
+            let Some(state) = states.get(&backend.server_id) else {
+                // Not in the view: only if `runtime` was not updated with `listener`.
+                continue;
+            };
+            let (settings, receiver) = watch::channel(Arc::new(target));
+            let stop = CancellationToken::new();
+            tokio::spawn(
+                task::ProbeLoop {
+                    runtime: runtime.clone(),
+                    backend: state.clone(),
+                    settings: receiver,
+                    stop: stop.clone(),
+                }
+                .run(),
+            );
+            loops.insert(
+                backend.server_id.clone(),
+                Running {
+                    settings,
+                    _stop: stop.drop_guard(),
+                },
+            );
+        }
+    }
+
+    /// Stops the loops of a removed or stopped listener.
+    pub fn stop(&mut self, key: &ListenerKey) {
+        self.listeners.remove(key);
+    }
+
+    /// Probe loops running now.
+    pub fn len(&self) -> usize {
+        self.listeners.values().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,289 @@
+//! The probe loop of one (listener, backend): when to probe, and what a result does.
+//!
+//! Cadence: the first probe starts at once. Later ones start on a lattice shared
+//! by every target, `EPOCH + phase + k * interval`, where the phase is a multiple
+//! of [`STEP`] drawn from a hash of (listener, server id):
+//! - targets fall out of step (2,000 targets at 1 s spread over 100 steps), also
+//!   those that start together (a process start, a reload adding many backends);
+//! - the runtime wakes once per step for all the probes due in it, not once per
+//!   probe: with thousands of targets most of the cost is wake-ups and syscalls.
+//!
+//! The second probe is the first lattice point at least `interval/2` after the
+//! first, so it is neither immediate nor late. Probes run inline, so at most one
+//! is in flight: one that outlasts the interval (the timeout is never shorter than
+//! the interval) delays the next, which starts at the next step after it ends.
+//!
+//! The phase comes from a hash rather than a random draw so a given target keeps
+//! its slot across restarts and two nodes with one config probe alike. The key is
+//! fixed: the phase needs spreading, not secrecy.
+
+use super::{probe, Target};
+use crate::health_state::{Health, HealthState, Transition};
+use crate::snapshot::{
+    BackendRuntime, ListenerRuntime, HEALTH_HEALTHY, HEALTH_UNHEALTHY, HEALTH_UNKNOWN,
+};
+use siphasher::sip::SipHasher13;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Granularity of probe start times.
+pub const STEP: Duration = Duration::from_millis(10);
+
+/// One probe loop; [`ProbeLoop::run`] is the task.
+pub struct ProbeLoop {
+    pub runtime: Arc<ListenerRuntime>,
+    pub backend: Arc<BackendRuntime>,
+    /// The current settings; a reload sends new ones.
+    pub settings: watch::Receiver<Arc<Target>>,
+    pub stop: CancellationToken,
+}
+
+/// The origin of the lattice, the same for every loop of the process.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn nanos(d: Duration) -> u128 {
+    d.as_nanos().max(1)
+}
+
+fn from_nanos(n: u128) -> Duration {
+    Duration::from_nanos(u64::try_from(n).unwrap_or(u64::MAX))
+}
+
+/// Where in `[0, interval)` a target's probes fall: a multiple of [`STEP`] from a
+/// hash of its identity.
+pub fn phase(
+    load_balancer_id: &str,
+    listener_port: u16,
+    server_id: &str,
+    interval: Duration,
+) -> Duration {
+    let mut h = SipHasher13::new_with_keys(0, 0);
+    (load_balancer_id, listener_port, server_id).hash(&mut h);
+    let steps = (interval.as_nanos() / nanos(STEP)).max(1);
+    from_nanos((u128::from(h.finish()) % steps) * STEP.as_nanos())
+}
+
+/// The first point `origin + k * period` (k >= 0) at or after `t`.
+fn at_or_after(t: Instant, origin: Instant, period: Duration) -> Instant {
+    let since = t.saturating_duration_since(origin).as_nanos();
+    let period = nanos(period);
+    origin + from_nanos(since.div_ceil(period) * period)
+}
+
+/// When the second probe starts, the first having started at `first`.
+pub fn second_start(
+    first: Instant,
+    interval: Duration,
+    phase: Duration,
+    epoch: Instant,
+) -> Instant {
+    at_or_after(first + interval / 2, epoch + phase, interval)
+}
+
+/// When the probe after one scheduled at `scheduled` (and ended at `now`) starts.
+pub fn next_start(scheduled: Instant, interval: Duration, now: Instant, epoch: Instant) -> Instant {
+    (scheduled + interval).max(at_or_after(now, epoch, STEP))
+}
+
+fn health_code(h: Health) -> u8 {
+    match h {
+        Health::Unknown => HEALTH_UNKNOWN,
+        Health::Healthy => HEALTH_HEALTHY,
+        Health::Unhealthy => HEALTH_UNHEALTHY,
+    }
+}
+
+impl ProbeLoop {
+    pub async fn run(mut self) {
+        self.probe_until_stopped().await;
+        // Nothing checks this backend any more: its health is unknown again.
+        self.backend.health.store(HEALTH_UNKNOWN, Ordering::Relaxed);
+        self.backend.metrics.healthy.set(1.0);
+    }
+
+    async fn probe_until_stopped(&mut self) {
+        let mut target = self.settings.borrow_and_update().clone();
+        let mut state = HealthState::new(target.healthy_threshold, target.unhealthy_threshold);
+        let server_id = self.backend.server_id.clone();
+        let lb = self.runtime.load_balancer_id.clone();
+        let port = self.runtime.listener_port;
+        let epoch = epoch();
+        let mut next = Instant::now();
+        let mut first = true;
+        loop {
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return,
+                changed = self.settings.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let new = self.settings.borrow_and_update().clone();
+                    state.set_thresholds(new.healthy_threshold, new.unhealthy_threshold);
+                    // A new interval applies from the pending wait on, from the last start.
+                    if !first && new.interval != target.interval {
+                        let last = next.checked_sub(target.interval).unwrap_or(next);
+                        next = next_start(last, new.interval, Instant::now(), epoch);
+                    }
+                    target = new;
+                    continue;
+                }
+                () = tokio::time::sleep_until(next) => {}
+            }
+            let result = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return,
+                r = probe::probe(&target) => r,
+            };
+            self.record(&mut state, &target, result);
+            let now = Instant::now();
+            next = if first {
+                let phase = phase(&lb, port, &server_id, target.interval);
+                second_start(next, target.interval, phase, epoch).max(at_or_after(now, epoch, STEP))
+            } else {
+                next_start(next, target.interval, now, epoch)
+            };
+            first = false;
+        }
+    }
+
+    fn record(
+        &self,
+        state: &mut HealthState,
+        target: &Target,
+        result: Result<(), probe::ProbeError>,
+    ) {
+        // Stopped while probing: the result no longer belongs to anyone.
+        if self.stop.is_cancelled() {
+            return;
+        }
+        let ok = result.is_ok();
+        self.backend.checks.record(ok);
+        let metrics = &self.backend.metrics;
+        if ok {
+            metrics.checks_success.increment(1);
+        } else {
+            metrics.checks_failure.increment(1);
+        }
+        let failure = result.err();
+        if let Some(error) = &failure {
+            tracing::debug!(load_balancer_id = %self.runtime.load_balancer_id, listener = self.runtime.listener_port, server_id = %self.backend.server_id, backend = %target.addr, %error, "health probe failed");
+        }
+        if let Some(transition) = state.record(ok) {
+            self.apply(transition, target, failure.as_ref());
+        }
+    }
+
+    fn apply(&self, t: Transition, target: &Target, failure: Option<&probe::ProbeError>) {
+        let b = &self.backend;
+        b.health.store(health_code(t.to), Ordering::Relaxed);
+        b.metrics
+            .healthy
+            .set(if t.to.is_eligible() { 1.0 } else { 0.0 });
+        match t.to {
+            Health::Healthy => b.metrics.to_healthy.increment(1),
+            Health::Unhealthy => b.metrics.to_unhealthy.increment(1),
+            Health::Unknown => {}
+        }
+        tracing::info!(
+            load_balancer_id = %self.runtime.load_balancer_id,
+            listener = self.runtime.listener_port,
+            server_id = %b.server_id,
+            backend = %target.addr,
+            from = %t.from,
+            to = %t.to,
+            reason = failure.map(tracing::field::display),
+            "backend health changed"
+        );
+        // Unknown -> Healthy changes no eligibility: the view stays as it is.
+        if t.from.is_eligible() != t.to.is_eligible() {
+            self.runtime.rebuild();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_is_deterministic_and_within_the_interval() {
+        let i = Duration::from_secs(2);
+        assert_eq!(phase("lb", 80, "b1", i), phase("lb", 80, "b1", i));
+        assert_ne!(phase("lb", 80, "b1", i), phase("lb", 80, "b2", i));
+        assert_ne!(phase("lb", 80, "b1", i), phase("lb", 81, "b1", i));
+        for n in 0..1000 {
+            assert!(phase("lb", 80, &format!("i-{n}"), i) < i);
+        }
+        assert_eq!(phase("lb", 80, "b1", Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn phases_spread_evenly_over_the_interval() {
+        // 2,000 targets in 10 slots of 100 ms: each slot holds 200 +- 30%.
+        let i = Duration::from_secs(1);
+        let mut slots = [0u32; 10];
+        for l in 0..20u16 {
+            for b in 0..100 {
+                let p = phase("lb-1", 1000 + l, &format!("i-{b}"), i);
+                slots[usize::try_from(p.as_millis() / 100).unwrap_or(9)] += 1;
+            }
+        }
+        for (s, n) in slots.iter().enumerate() {
+            assert!((140..=260).contains(n), "slot {s} has {n}: {slots:?}");
+        }
+    }
+
+    #[test]
+    fn phases_are_whole_steps() {
+        let i = Duration::from_secs(3);
+        for n in 0..200 {
+            let p = phase("lb", 80, &format!("i-{n}"), i);
+            assert_eq!(p.as_nanos() % STEP.as_nanos(), 0);
+        }
+        // An interval shorter than a step still gets a phase (0).
+        assert_eq!(phase("lb", 80, "b1", STEP / 2), Duration::ZERO);
+    }
+
+    #[test]
+    fn second_probe_is_on_the_phase_half_to_one_and_a_half_intervals_later() {
+        let epoch = Instant::now();
+        let i = Duration::from_secs(2);
+        for first_ms in [0u64, 3, 777, 1999, 5000] {
+            let first = epoch + Duration::from_millis(first_ms);
+            for phase_ms in [0u64, 10, 990, 1000, 1500, 1990] {
+                let p = Duration::from_millis(phase_ms);
+                let second = second_start(first, i, p, epoch);
+                let gap = second - first;
+                assert!(
+                    gap >= i / 2 && gap < i * 3 / 2,
+                    "{first_ms} {phase_ms}: {gap:?}"
+                );
+                assert_eq!((second - epoch - p).as_nanos() % i.as_nanos(), 0);
+            }
+        }
+    }
+
+    #[test]
+    fn next_start_keeps_cadence_and_never_overlaps() {
+        let epoch = Instant::now();
+        let i = Duration::from_secs(1);
+        let scheduled = epoch + Duration::from_millis(700);
+        // A quick probe: one interval after the previous start.
+        let now = scheduled + Duration::from_millis(5);
+        assert_eq!(next_start(scheduled, i, now, epoch), scheduled + i);
+        // One that outlasted the interval delays the next to the following step:
+        // no overlap, no burst, still on the lattice.
+        let now = scheduled + Duration::from_millis(1803);
+        let next = next_start(scheduled, i, now, epoch);
+        assert_eq!(next, epoch + Duration::from_millis(2510));
+    }
+}
