@@ -2,6 +2,7 @@
 //! of a 1 MiB echo, and new connections per second (connect, one byte each way,
 //! close).
 
+#![allow(clippy::expect_used)] // a bench that cannot set up should stop loudly
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use edgelb::config::Config;
 use edgelb::server::Server;

@@ -106,6 +106,9 @@ impl ProbeLoop {
         self.probe_until_stopped().await;
         // Nothing checks this backend any more: its health is unknown again.
         self.backend.health.store(HEALTH_UNKNOWN, Ordering::Relaxed);
+        self.backend
+            .last_change
+            .store(crate::snapshot::unix_millis(), Ordering::Relaxed);
         self.backend.metrics.healthy.set(1.0);
     }
 
@@ -185,6 +188,8 @@ impl ProbeLoop {
     fn apply(&self, t: Transition, target: &Target, failure: Option<&probe::ProbeError>) {
         let b = &self.backend;
         b.health.store(health_code(t.to), Ordering::Relaxed);
+        b.last_change
+            .store(crate::snapshot::unix_millis(), Ordering::Relaxed);
         b.metrics
             .healthy
             .set(if t.to.is_eligible() { 1.0 } else { 0.0 });

@@ -154,8 +154,12 @@ async fn metrics_count_connections_and_bytes_exactly_and_parse_strictly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_spec_metric_is_exported_from_the_start_with_its_labels() {
     let backend = echo_backend().await;
-    let (_lb, admin) =
-        lb_with_admin(&config_for("lb-fresh", &[("b1", backend.addr, 100)], "")).await;
+    let (_lb, admin) = lb_with_admin(&config_for(
+        "lb-fresh",
+        &[("b1", backend.addr, 100)],
+        &health_frozen().await,
+    ))
+    .await;
     let (_, _, text) = get(admin, "/metrics").await;
     let m = exposition::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let l = [("load_balancer_id", "lb-fresh"), ("listener_port", "80")];
@@ -267,7 +271,10 @@ async fn status_json_has_listeners_backends_health_and_counts() {
     let text = config_for(
         "lb-status",
         &[("b1", b1.addr, 100), ("b2", b2.addr, 0)],
-        "description = \"web\"\nscheduler = \"wlc\"\npersistence_timeout = 600",
+        &format!(
+            "description = \"web\"\nscheduler = \"wlc\"\npersistence_timeout = 600\n{}",
+            health_frozen().await
+        ),
     );
     let (lb, admin) = lb_with_admin(&text).await;
     let rt = lb.server.runtimes()[0].clone();

@@ -92,10 +92,12 @@ async fn the_status_page_shows_listeners_and_backend_health_in_a_browser() {
     };
     let backend = echo_backend().await;
     let other = refused_addr();
+    // Probes never complete during the test: the test sets health.
+    let frozen = health_frozen().await;
     let text = config_for(
         "lb-page",
         &[("b1", backend.addr, 100), ("b2", other, 50), ("<i>b3</i>", other, 10)],
-        "description = \"<script>document.title='pwned'</script>\"",
+        &format!("description = \"<script>document.title='pwned'</script>\"\n{frozen}"),
     ) + "[[listeners]]\nload_balancer_id = \"lb-page\"\nlistener_port = 81\nstatus = \"stopped\"\n";
     let (lb, admin) = lb_with_admin(&text).await;
     let rt = lb.server.runtimes()[0].clone();

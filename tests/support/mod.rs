@@ -123,6 +123,21 @@ pub async fn health_sink() -> String {
     format!("health_check_connect_port = {}", sink.addr.port())
 }
 
+/// Listener lines that keep every probe in flight for the whole test (an HTTP check
+/// to a backend that never answers, 50 s timeout): health stays unknown and no
+/// transition is counted.
+pub async fn health_frozen() -> String {
+    let silent = serve(|s| async move {
+        let _s = s;
+        std::future::pending::<()>().await;
+    })
+    .await;
+    format!(
+        "health_check_type = \"http\"\nhealth_check_uri = \"/x\"\nhealth_check_interval = 50\nhealth_check_connect_port = {}",
+        silent.addr.port()
+    )
+}
+
 /// An address where nothing listens (connections are refused).
 pub fn refused_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
