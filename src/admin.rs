@@ -46,6 +46,8 @@ pub struct AdminState {
     pub prometheus: Option<PrometheusHandle>,
     /// Set once every running listener is bound.
     pub ready: AtomicBool,
+    /// The control API (`None`: calls get 404).
+    pub control: Option<Arc<crate::api::Control>>,
 }
 
 /// Serves the admin endpoints on `listener` until `stop` is cancelled.
@@ -66,7 +68,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(req, &state)) }
+                async move { Ok::<_, std::convert::Infallible>(dispatch(req, &state).await) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             if let Err(e) = hyper::server::conn::http1::Builder::new()
@@ -76,6 +78,14 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
                 tracing::debug!(error = %e, "admin connection ended with an error");
             }
         });
+    }
+}
+
+/// Control-API calls go to [`crate::api`]; the GET pages to [`route`].
+async fn dispatch(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    match &state.control {
+        Some(control) if crate::api::is_api_request(&req) => crate::api::handle(req, control).await,
+        _ => route(req, state),
     }
 }
 

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use edgelb::admin::{self, AdminState};
+use edgelb::api::{Control, ReloadError};
 use edgelb::config::Config;
 use edgelb::server::Server;
 use edgelb::{demo, metrics};
@@ -144,10 +145,12 @@ async fn serve(path: PathBuf, config: Config, banner: Option<String>) -> anyhow:
         None => None,
     };
     let server = Arc::new(Server::start(&config)?);
+    let control = Arc::new(Control::new(path.clone(), server.clone(), config.clone()));
     let state = Arc::new(AdminState {
         server: server.clone(),
         prometheus: Some(prometheus),
         ready: true.into(),
+        control: Some(control.clone()),
     });
     let stop_admin = CancellationToken::new();
     if let Some(socket) = admin_socket {
@@ -163,7 +166,7 @@ async fn serve(path: PathBuf, config: Config, banner: Option<String>) -> anyhow:
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
-            _ = hangup.recv() => reload(&path, &server),
+            _ = hangup.recv() => reload(&path, &control).await,
         }
     }
     tracing::info!("stopping: listening sockets closed, draining");
@@ -174,10 +177,11 @@ async fn serve(path: PathBuf, config: Config, banner: Option<String>) -> anyhow:
     Ok(())
 }
 
-/// SIGHUP: apply the file if it is valid; otherwise keep everything as it is.
-fn reload(path: &Path, server: &Server) {
-    match Config::load(path) {
-        Err(diagnostics) => {
+/// SIGHUP: apply the file if it is valid; otherwise keep everything as it is. Goes
+/// through the control API's lock, so a reload and an API change never interleave.
+async fn reload(path: &Path, control: &Control) {
+    match control.reload().await {
+        Err(ReloadError::Invalid(diagnostics)) => {
             for line in diagnostics.lines() {
                 tracing::error!("{line}");
             }
@@ -187,16 +191,14 @@ fn reload(path: &Path, server: &Server) {
             );
             metrics::config_reload(false);
         }
-        Ok(config) => match server.apply(&config) {
-            Ok(()) => {
-                tracing::info!(config = %path.display(), listeners = config.listeners.len(), "reloaded");
-                metrics::config_reload(true);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "reload refused: the running configuration is unchanged");
-                metrics::config_reload(false);
-            }
-        },
+        Err(ReloadError::Bind(e)) => {
+            tracing::error!(error = %e, "reload refused: the running configuration is unchanged");
+            metrics::config_reload(false);
+        }
+        Ok(config) => {
+            tracing::info!(config = %path.display(), listeners = config.listeners.len(), "reloaded");
+            metrics::config_reload(true);
+        }
     }
 }
 
