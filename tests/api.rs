@@ -926,3 +926,55 @@ async fn ten_calls_per_second_per_key() {
         .await);
     }
 }
+
+/// The official Python SDK drives edgelb unchanged (tests/sdk_interop.py). Needs
+/// `python3` with `alibabacloud-ens20171110==12.1.0` (scripts/test.sh installs it);
+/// fails, never skips, when they are missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_interop() {
+    let echo = echo_backend().await;
+    let port = free_port();
+    let file = base_file(echo.addr, KEYS).replace(
+        "# the file's own listener\n[[listeners]]\nload_balancer_id = \"lb-a\"\nlistener_port = 80\ndescription = \"web\"   # kept\n",
+        "",
+    );
+    // The SDK connects to the listener's real port: bind what is configured.
+    let api = start_api_with(&file, edgelb::listener::default_binder()).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk_interop.py");
+    let output = tokio::process::Command::new("python3")
+        .arg(script)
+        .env("EDGELB_ENDPOINT", api.admin.to_string())
+        .env("EDGELB_LB", "lb-b")
+        .env("EDGELB_PORT", port.to_string())
+        .env("EDGELB_BACKEND", echo.addr.to_string())
+        .env("EDGELB_OPS_ID", "ops")
+        .env("EDGELB_OPS_SECRET", "ops-secret")
+        .env("EDGELB_RO_ID", "ro")
+        .env("EDGELB_RO_SECRET", "ro-secret")
+        .env("NO_PROXY", "*")
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .output()
+        .await
+        .expect("python3 must be installed to run the SDK interop test (see scripts/test.sh)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "SDK interop failed ({}); install the SDK with `pip install alibabacloud-ens20171110==12.1.0`\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    println!("{stdout}");
+    assert!(stdout.contains("SDK interop: all passed"), "{stdout}");
+    let config = Config::load(&api.path).unwrap();
+    assert!(
+        config.listener("lb-b", port).is_none(),
+        "deleted in the file too"
+    );
+    assert_eq!(
+        config.load_balancer("lb-b").unwrap().backend_servers.len(),
+        1
+    );
+}
