@@ -1,8 +1,9 @@
 //! The read-only actions, answered from the configuration last applied, with the
 //! field names of the SDK's response models.
 
-use super::actions::{listener_key, read, servers_json, LISTENER_PORT, LOAD_BALANCER_ID};
+use super::actions::{listener_key, read, LISTENER_PORT, LOAD_BALANCER_ID};
 use super::params::Params;
+use super::servers::servers_json;
 use super::ApiError;
 use crate::config::{rules, Config, Listener, Param, Status};
 use serde_json::{json, Value as Json};

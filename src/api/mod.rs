@@ -10,26 +10,28 @@
 //! ([`Control::reload`]).
 //!
 //! - [`params`]: form decoding and the validator's view of API parameters.
-//! - [`actions`]: the actions that change the file; [`describe`]: the read-only ones.
+//! - [`actions`]: the listener actions that change the file; [`servers`]: the
+//!   backend-server ones; [`describe`]: the read-only ones.
 //! - [`signature`], [`auth`], [`throttle`], [`writeback`].
 
 pub mod actions;
 pub mod auth;
+mod control;
 pub mod describe;
 pub mod params;
+pub mod servers;
 pub mod signature;
 pub mod throttle;
 pub mod writeback;
 
-use crate::config::{Config, ConfigError, Diagnostics};
-use crate::server::{BindError, Server};
-use arc_swap::ArcSwap;
+pub use control::{Control, ReloadError};
+
+use crate::config::ConfigError;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use params::Params;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Largest request body accepted.
@@ -56,7 +58,7 @@ impl ApiError {
         }
     }
 
-    fn internal(message: impl Into<String>) -> ApiError {
+    pub(crate) fn internal(message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "InternalError".into(),
@@ -74,104 +76,6 @@ impl ApiError {
             message.push_str(&format!(" (and {} more errors)", errors.len() - 1));
         }
         ApiError::bad(first.code.to_string(), message)
-    }
-}
-
-/// Why a SIGHUP reload was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error("invalid listener file:\n{0}")]
-    Invalid(Diagnostics),
-    #[error(transparent)]
-    Bind(#[from] BindError),
-}
-
-/// The running configuration and its file: what the control API reads and changes.
-pub struct Control {
-    path: PathBuf,
-    server: Arc<Server>,
-    /// Held across read-edit-validate-apply-write (and SIGHUP reloads): one change
-    /// at a time, so none is lost.
-    serial: tokio::sync::Mutex<()>,
-    /// The configuration last applied (from the file, an API call or a reload).
-    current: ArcSwap<Config>,
-    nonces: Mutex<auth::Nonces>,
-    throttle: Mutex<throttle::Throttle>,
-}
-
-impl Control {
-    /// `config` is what `server` runs, loaded from `path`.
-    pub fn new(path: PathBuf, server: Arc<Server>, config: Config) -> Control {
-        Control {
-            path,
-            server,
-            serial: tokio::sync::Mutex::new(()),
-            current: ArcSwap::from_pointee(config),
-            nonces: Mutex::default(),
-            throttle: Mutex::default(),
-        }
-    }
-
-    pub fn config(&self) -> Arc<Config> {
-        self.current.load_full()
-    }
-
-    pub fn server(&self) -> &Arc<Server> {
-        &self.server
-    }
-
-    /// SIGHUP: loads and applies the file, in turn with API changes.
-    pub async fn reload(&self) -> Result<Arc<Config>, ReloadError> {
-        let _turn = self.serial.lock().await;
-        let config = Config::load(&self.path).map_err(ReloadError::Invalid)?;
-        self.server.apply(&config)?;
-        let config = Arc::new(config);
-        self.current.store(config.clone());
-        Ok(config)
-    }
-
-    /// One change: `edit` the file's document, validate the whole file, apply it,
-    /// write it back. Any failure leaves the running set and the file as they were.
-    pub async fn change<T>(
-        &self,
-        edit: impl FnOnce(&mut toml_edit::DocumentMut) -> Result<T, ApiError>,
-    ) -> Result<(T, Arc<Config>), ApiError> {
-        let _turn = self.serial.lock().await;
-        let text = tokio::fs::read_to_string(&self.path)
-            .await
-            .map_err(|e| ApiError::internal(format!("cannot read {}: {e}", self.path.display())))?;
-        let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| {
-            ApiError::bad(
-                "InvalidParameter",
-                format!("the listener file is not valid TOML; fix it first: {e}"),
-            )
-        })?;
-        let out = edit(&mut doc)?;
-        let new_text = doc.to_string();
-        let config = Config::parse(&new_text, self.path.parent())
-            .map_err(|errors| ApiError::from_config(&errors))?;
-        self.server
-            .apply(&config)
-            .map_err(|e| ApiError::bad("InvalidListenerPort", e.to_string()))?;
-        let (path, written) = (self.path.clone(), new_text);
-        let write =
-            tokio::task::spawn_blocking(move || writeback::write_atomic(&path, &written)).await;
-        if let Err(e) = write
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
-        {
-            let previous = self.current.load_full();
-            if let Err(undo) = self.server.apply(&previous) {
-                tracing::error!(error = %undo, "cannot restore the previous listeners");
-            }
-            return Err(ApiError::internal(format!(
-                "cannot write {}: {e}",
-                self.path.display()
-            )));
-        }
-        let config = Arc::new(config);
-        self.current.store(config.clone());
-        Ok((out, config))
     }
 }
 
