@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test command of the README. Installs the outside programs the tests talk to
 # when they are missing (nginx and HAProxy as PROXY-protocol peers, Chromium to
-# render the status page), then runs the whole suite. Needs root for the install (apt-get), as on CI and dev machines.
+# render the status page, the official Alibaba Cloud Python SDK for the control-API
+# interop test), then runs the whole suite. Needs root for the installs (apt-get),
+# as on CI and dev machines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +27,16 @@ if [ "${#need[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  [ "$created_policy" -eq 1 ] && rm -f /usr/sbin/policy-rc.d
+  if [ "$created_policy" -eq 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+fi
+
+# tests/api.rs `sdk_interop` runs tests/sdk_interop.py with this exact SDK version.
+sdk=alibabacloud-ens20171110==12.1.0
+if ! python3 -c 'import importlib.metadata as m; assert m.version("alibabacloud-ens20171110") == "12.1.0"' 2>/dev/null; then
+  echo "scripts/test.sh: installing $sdk"
+  # A Debian system python refuses plain pip installs (PEP 668); CI's is disposable.
+  python3 -m pip install --quiet "$sdk" 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages "$sdk"
 fi
 
 cargo test

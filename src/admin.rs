@@ -53,6 +53,9 @@ pub struct AdminState {
     /// Set once the server has started (every running listener bound); cleared when
     /// it drains.
     pub ready: AtomicBool,
+    /// The control API, set once the server has started (until then, and without
+    /// it, API calls are not routed).
+    control: OnceLock<Arc<crate::api::Control>>,
 }
 
 impl AdminState {
@@ -62,7 +65,13 @@ impl AdminState {
             server: OnceLock::new(),
             prometheus,
             ready: AtomicBool::new(false),
+            control: OnceLock::new(),
         }
+    }
+
+    /// The control API (once only; a second call is ignored).
+    pub fn set_control(&self, control: Arc<crate::api::Control>) {
+        let _ = self.control.set(control);
     }
 
     /// The started server (once only; a second call is ignored). Does not set `ready`.
@@ -108,7 +117,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(req, &state)) }
+                async move { Ok::<_, std::convert::Infallible>(dispatch(req, &state).await) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             if let Err(e) = hyper::server::conn::http1::Builder::new()
@@ -118,6 +127,14 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
                 tracing::debug!(error = %e, "admin connection ended with an error");
             }
         });
+    }
+}
+
+/// Control-API calls go to [`crate::api`]; the GET pages to [`route`].
+async fn dispatch(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    match state.control.get() {
+        Some(control) if crate::api::is_api_request(&req) => crate::api::handle(req, control).await,
+        _ => route(req, state),
     }
 }
 

@@ -13,6 +13,7 @@
 //! - [`server`]: the running set of listeners: start, apply (reload), drain.
 //! - [`admin`]: the admin server: `/metrics`, `/healthz`, `/status` (JSON) and `/`
 //!   (the status page for people), read from the runtimes' counts.
+//! - [`api`]: the control API (ENS OpenAPI actions, V3 signatures) on the admin server.
 //! - [`demo`]: the built-in backends of `edgelb demo`.
 //! - [`metrics`]: metric names and the handles registered once.
 //! - [`persistence`]: the client-IP affinity table (LVS persistence templates).
@@ -20,6 +21,7 @@
 //! - [`health_state`]: the health-check hysteresis (pure state machine).
 //! - [`proxy_protocol`]: PROXY protocol v2 headers (`eip_transmit`).
 pub mod admin;
+pub mod api;
 pub mod config;
 pub mod demo;
 pub mod health;

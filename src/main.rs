@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use edgelb::admin::{self, AdminState};
+use edgelb::api::{Control, ReloadError};
 use edgelb::config::Config;
 use edgelb::server::Server;
 use edgelb::{demo, metrics};
@@ -152,7 +153,9 @@ async fn serve(path: PathBuf, config: Config, banner: Option<String>) -> anyhow:
         tokio::spawn(admin::serve(socket, state.clone(), stop_admin.clone()));
     }
     let server = Arc::new(Server::start(&config)?);
+    let control = Arc::new(Control::new(path.clone(), server.clone(), config.clone()));
     state.set_server(server.clone());
+    state.set_control(control.clone());
     state.ready.store(true, Ordering::Release);
     tracing::info!(config = %path.display(), listeners = config.listeners.len(), "edgelb running");
     if let Some(banner) = banner {
@@ -162,7 +165,7 @@ async fn serve(path: PathBuf, config: Config, banner: Option<String>) -> anyhow:
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
-            _ = hangup.recv() => reload(&path, &server),
+            _ = hangup.recv() => reload(&path, &control).await,
         }
     }
     tracing::info!("stopping: listening sockets closed, draining");
@@ -173,10 +176,11 @@ async fn serve(path: PathBuf, config: Config, banner: Option<String>) -> anyhow:
     Ok(())
 }
 
-/// SIGHUP: apply the file if it is valid; otherwise keep everything as it is.
-fn reload(path: &Path, server: &Server) {
-    match Config::load(path) {
-        Err(diagnostics) => {
+/// SIGHUP: apply the file if it is valid; otherwise keep everything as it is. Goes
+/// through the control API's lock, so a reload and an API change never interleave.
+async fn reload(path: &Path, control: &Control) {
+    match control.reload().await {
+        Err(ReloadError::Invalid(diagnostics)) => {
             for line in diagnostics.lines() {
                 tracing::error!("{line}");
             }
@@ -186,16 +190,14 @@ fn reload(path: &Path, server: &Server) {
             );
             metrics::config_reload(false);
         }
-        Ok(config) => match server.apply(&config) {
-            Ok(()) => {
-                tracing::info!(config = %path.display(), listeners = config.listeners.len(), "reloaded");
-                metrics::config_reload(true);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "reload refused: the running configuration is unchanged");
-                metrics::config_reload(false);
-            }
-        },
+        Err(ReloadError::Bind(e)) => {
+            tracing::error!(error = %e, "reload refused: the running configuration is unchanged");
+            metrics::config_reload(false);
+        }
+        Ok(config) => {
+            tracing::info!(config = %path.display(), listeners = config.listeners.len(), "reloaded");
+            metrics::config_reload(true);
+        }
     }
 }
 

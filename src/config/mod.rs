@@ -12,7 +12,7 @@ mod validate;
 
 pub use error::{line_col, Code, ConfigError, Diagnostics, Span};
 pub use fields::{Field, Fields, Param, Raw, Reader, TomlFields};
-pub use validate::{validate_listener_spec, LISTENER_PARAMS};
+pub use validate::{validate_backend_server, validate_listener_spec, LISTENER_PARAMS};
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

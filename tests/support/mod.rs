@@ -186,3 +186,68 @@ pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
     panic!("timed out waiting for {what}");
 }
+
+/// edgelb with its admin server and control API, running from a listener file in a
+/// fresh temporary directory.
+pub struct Api {
+    pub lb: Lb,
+    /// Where the admin server (and so the control API) listens.
+    pub admin: SocketAddr,
+    /// The listener file the API writes back.
+    pub path: std::path::PathBuf,
+    pub control: Arc<edgelb::api::Control>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A fresh, empty directory under the system's temporary directory.
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "edgelb-{tag}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes `text` to `lb.toml` in a temporary directory and starts edgelb from it,
+/// listeners on ephemeral ports, with the admin server on 127.0.0.1:0.
+pub async fn start_api(text: &str) -> Api {
+    start_api_with(text, ephemeral_binder()).await
+}
+
+/// As [`start_api`], with another way to bind listeners.
+pub async fn start_api_with(text: &str, binder: Binder) -> Api {
+    let path = temp_dir("api").join("lb.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("invalid test config: {e}\n{text}"));
+    let server = Arc::new(Server::start_with_binder(&config, binder).expect("start"));
+    let control = Arc::new(edgelb::api::Control::new(
+        path.clone(),
+        server.clone(),
+        config,
+    ));
+    let state = Arc::new(edgelb::admin::AdminState::new(None));
+    state.set_server(server.clone());
+    state.set_control(control.clone());
+    state
+        .ready
+        .store(true, std::sync::atomic::Ordering::Release);
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = socket.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(edgelb::admin::serve(socket, state, stop.clone()));
+    Api {
+        lb: Lb { server },
+        admin,
+        path,
+        control,
+        stop,
+    }
+}
