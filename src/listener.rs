@@ -125,10 +125,10 @@ pub fn derived_max_connections() -> usize {
 /// What every accept loop shares.
 pub struct Shared {
     pub limit: Arc<ConnectionLimit>,
-    /// Connection tasks, so a drain can wait for them.
+    /// Connection tasks, so a drain can wait for them. (Connections still open at the
+    /// drain deadline close when the runtime ends with the process: no per-connection
+    /// cancellation future is needed for that.)
     pub tracker: TaskTracker,
-    /// Cancelled when the drain time is up: open connections close.
-    pub hard_stop: CancellationToken,
 }
 
 /// Accepts until `stop` is cancelled; the socket closes when this returns.
@@ -189,7 +189,6 @@ pub async fn accept_loop(
             fixed_local,
             runtime.clone(),
             permit,
-            shared.hard_stop.clone(),
         );
         shared.tracker.spawn(task);
     }

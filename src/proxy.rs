@@ -14,7 +14,6 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// Copy buffer per direction, held only while bytes are moving (idle connections hold none).
 pub const BUFFER_SIZE: usize = 16 * 1024;
@@ -32,8 +31,6 @@ pub enum Close {
     IdleTimeout,
     /// A read or write failed (a reset, usually).
     Error,
-    /// The drain time ran out.
-    Drain,
 }
 
 /// Serves one accepted client until it is done. `local` is the address it reached,
@@ -44,7 +41,6 @@ pub async fn handle(
     local: Option<SocketAddr>,
     runtime: Arc<ListenerRuntime>,
     _permit: Permit,
-    hard_stop: CancellationToken,
 ) {
     let started = Instant::now();
     let metrics = &runtime.metrics;
@@ -85,7 +81,7 @@ pub async fn handle(
     state.metrics.connections.increment(1);
     tracing::debug!(client = %peer, backend = %view.listener.backends[index].addr, listener = runtime.listener_port, "proxying");
     let idle = view.listener.established_timeout;
-    let close = copy_both_ways(client, backend, idle, &hard_stop, &runtime, state).await;
+    let close = copy_both_ways(client, backend, idle, &runtime, state).await;
     if close == Close::IdleTimeout {
         metrics.idle_timeouts.increment(1);
     }
@@ -311,7 +307,6 @@ async fn copy_both_ways(
     client: TcpStream,
     backend: TcpStream,
     idle: std::time::Duration,
-    hard_stop: &CancellationToken,
     runtime: &ListenerRuntime,
     state: &BackendRuntime,
 ) -> Close {
@@ -337,7 +332,6 @@ async fn copy_both_ways(
             Err(_) => Close::Error,
         },
         () = idle_timer(&activity, idle) => Close::IdleTimeout,
-        () = hard_stop.cancelled() => Close::Drain,
     }
 }
 
@@ -353,7 +347,9 @@ async fn pump(
     // once the socket is drained, so an idle connection holds none.
     let mut buf: Option<Vec<u8>> = None;
     loop {
-        from.readable().await?;
+        // Poll-based readiness: it uses the socket's own waker slot, where
+        // `readable()` would keep a waiter node in every connection's future.
+        std::future::poll_fn(|cx| from.poll_read_ready(cx)).await?;
         let chunk = buf.get_or_insert_with(|| Vec::with_capacity(BUFFER_SIZE));
         let read = read_burst(from, chunk);
         match read {
@@ -421,7 +417,9 @@ async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
         match to.try_write(bytes) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::future::poll_fn(|cx| to.poll_write_ready(cx)).await?;
+            }
             Err(e) => return Err(e),
         }
     }

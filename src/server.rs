@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -68,7 +67,6 @@ impl Server {
             shared: Arc::new(Shared {
                 limit: ConnectionLimit::new(max),
                 tracker: TaskTracker::new(),
-                hard_stop: CancellationToken::new(),
             }),
             binder,
             state: Mutex::new(State {
@@ -226,8 +224,6 @@ impl Server {
             connections = cut,
             "drain timeout reached: closing the remaining connections"
         );
-        self.shared.hard_stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.shared.tracker.wait()).await;
         cut
     }
 }
