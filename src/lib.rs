@@ -7,8 +7,10 @@
 //! - [`snapshot`]: the immutable per-listener view the data path reads (backends,
 //!   selector, health) behind an `ArcSwap`.
 //! - [`listener`]: listening sockets (socket2), the accept loop, the connection cap.
-//! - [`proxy`]: one connection: connect with timeout and retries, copy both ways with
-//!   half-close and the idle timeout.
+//! - [`proxy`]: one connection: persistence, connect with timeout and retries, the
+//!   PROXY header.
+//! - [`copy`]: bytes both ways with half-close, the idle timeout, batched counts and
+//!   `splice(2)` for bulk transfers.
 //! - [`scheduler`]: picking a backend (pure, no sockets).
 //! - [`server`]: the running set of listeners: start, apply (reload), drain.
 //! - [`admin`]: the admin server: `/metrics`, `/healthz`, `/status` (JSON) and `/`
@@ -23,6 +25,7 @@
 pub mod admin;
 pub mod api;
 pub mod config;
+pub mod copy;
 pub mod demo;
 pub mod health;
 pub mod health_state;
@@ -34,3 +37,5 @@ pub mod proxy_protocol;
 pub mod scheduler;
 pub mod server;
 pub mod snapshot;
+#[cfg(target_os = "linux")]
+pub mod splice;

@@ -183,13 +183,7 @@ pub async fn accept_loop(
             drop(stream);
             continue;
         };
-        let task = proxy::handle(
-            stream,
-            peer,
-            fixed_local,
-            runtime.clone(),
-            permit,
-        );
+        let task = proxy::handle(stream, peer, fixed_local, runtime.clone(), permit);
         shared.tracker.spawn(task);
     }
 }

@@ -1,37 +1,22 @@
-//! One client connection: pick a backend, connect (with timeout and retries), then
-//! copy both ways with half-close and the idle timeout.
+//! One client connection: persistence, pick a backend, connect (with timeout and
+//! retries), the PROXY header, then hand over to [`crate::copy`].
 
+use crate::copy::{copy_both_ways, Close};
 use crate::listener::Permit;
-use crate::metrics::{LiveGuard, Total};
+use crate::metrics::LiveGuard;
 use crate::persistence::{PersistenceTable, Placement};
 use crate::proxy_protocol;
 use crate::scheduler::FlowKey;
-use crate::snapshot::{BackendRuntime, ListenerRuntime, ListenerView};
+use crate::snapshot::{ListenerRuntime, ListenerView};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{timeout, Instant};
 
-/// Copy buffer per direction, held only while bytes are moving (idle connections hold none).
-pub const BUFFER_SIZE: usize = 16 * 1024;
-/// Bytes are added to the counters in batches of at least this much (and at close).
-const BYTES_BATCH: u64 = 256 * 1024;
 /// The most connect attempts: the first plus `connect_retries` (at most 16).
 const MAX_ATTEMPTS: usize = 17;
-
-/// Why a proxied connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Close {
-    /// Both sides finished (FIN both ways).
-    Done,
-    /// No byte either way for `established_timeout`.
-    IdleTimeout,
-    /// A read or write failed (a reset, usually).
-    Error,
-}
 
 /// Serves one accepted client until it is done. `local` is the address it reached,
 /// when the listener already knows it (a listener bound to a specific address).
@@ -239,189 +224,4 @@ fn set_nodelay_or_warn(stream: &TcpStream, side: &'static str) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::warn!(side, error = %e, "could not set TCP_NODELAY");
     }
-}
-
-/// The time of the last byte moved, as milliseconds since the connection started:
-/// one relaxed store per read, read back only when the idle timer fires, so no timer
-/// is re-armed per read.
-struct Activity {
-    base: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn touch(&self) {
-        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    fn last(&self) -> Instant {
-        self.base + std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
-    }
-}
-
-/// Sleeps until nothing has moved for `idle`.
-async fn idle_timer(activity: &Activity, idle: std::time::Duration) {
-    loop {
-        let deadline = activity.last() + idle;
-        if deadline <= Instant::now() {
-            return;
-        }
-        sleep_until(deadline).await;
-    }
-}
-
-/// Bytes moved one way, added to the listener's and the backend's counts in batches.
-struct Tally<'a> {
-    counter: &'a Total,
-    backend: &'a AtomicU64,
-    pending: u64,
-}
-
-impl Tally<'_> {
-    fn add(&mut self, n: usize) {
-        self.pending += n as u64;
-        if self.pending >= BYTES_BATCH {
-            self.flush();
-        }
-    }
-
-    fn flush(&mut self) {
-        if self.pending > 0 {
-            self.counter.increment(self.pending);
-            self.backend.fetch_add(self.pending, Ordering::Relaxed);
-            self.pending = 0;
-        }
-    }
-}
-
-impl Drop for Tally<'_> {
-    fn drop(&mut self) {
-        self.flush();
-    }
-}
-
-/// Copies both ways until both sides are done, a side fails, nothing moves for
-/// `idle`, or the drain time runs out.
-async fn copy_both_ways(
-    client: TcpStream,
-    backend: TcpStream,
-    idle: std::time::Duration,
-    runtime: &ListenerRuntime,
-    state: &BackendRuntime,
-) -> Close {
-    let activity = Activity {
-        base: Instant::now(),
-        last_ms: AtomicU64::new(0),
-    };
-    let mut tally_in = Tally {
-        counter: &runtime.metrics.bytes_in,
-        backend: &state.metrics.bytes_in,
-        pending: 0,
-    };
-    let mut tally_out = Tally {
-        counter: &runtime.metrics.bytes_out,
-        backend: &state.metrics.bytes_out,
-        pending: 0,
-    };
-    let upstream = pump(&client, &backend, &activity, &mut tally_in);
-    let downstream = pump(&backend, &client, &activity, &mut tally_out);
-    tokio::select! {
-        result = async { tokio::try_join!(upstream, downstream) } => match result {
-            Ok(_) => Close::Done,
-            Err(_) => Close::Error,
-        },
-        () = idle_timer(&activity, idle) => Close::IdleTimeout,
-    }
-}
-
-/// Copies one way until EOF, then passes the FIN on (half-close) and returns.
-async fn pump(
-    from: &TcpStream,
-    to: &TcpStream,
-    activity: &Activity,
-    tally: &mut Tally<'_>,
-) -> io::Result<()> {
-    // Readiness may be spurious (a fresh socket's first poll) and a connection may
-    // idle for long after a burst: the buffer is taken for a burst and given back
-    // once the socket is drained, so an idle connection holds none.
-    let mut buf: Option<Vec<u8>> = None;
-    loop {
-        // Poll-based readiness: it uses the socket's own waker slot, where
-        // `readable()` would keep a waiter node in every connection's future.
-        std::future::poll_fn(|cx| from.poll_read_ready(cx)).await?;
-        let chunk = buf.get_or_insert_with(|| Vec::with_capacity(BUFFER_SIZE));
-        let read = read_burst(from, chunk);
-        match read {
-            Read::Eof => {
-                socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write)?;
-                return Ok(());
-            }
-            Read::Data { drained } => {
-                activity.touch();
-                write_all(to, chunk).await?;
-                activity.touch();
-                tally.add(chunk.len());
-                if drained {
-                    buf = None;
-                }
-            }
-            Read::Nothing => buf = None,
-            Read::Failed(e) => return Err(e),
-        }
-    }
-}
-
-enum Read {
-    Eof,
-    /// Bytes are in the buffer; `drained` when the socket very likely has no more.
-    Data {
-        drained: bool,
-    },
-    /// Spurious readiness.
-    Nothing,
-    Failed(io::Error),
-}
-
-/// One read into `chunk` (cleared first). A read shorter than the buffer means the
-/// socket is very likely drained: it is reported to tokio as `WouldBlock` (the bytes
-/// kept) so the readiness is cleared and the next read waits for the next edge
-/// instead of costing a syscall that returns `EAGAIN`. A FIN already seen stays
-/// flagged by tokio (closed readiness is never cleared), so no EOF is missed.
-fn read_burst(from: &TcpStream, chunk: &mut Vec<u8>) -> Read {
-    chunk.clear();
-    let mut got = 0;
-    let result = from.try_io(tokio::io::Interest::READABLE, || {
-        let spare = chunk.spare_capacity_mut();
-        let n = socket2::SockRef::from(from).recv(spare)?;
-        got = n;
-        if n > 0 && n < spare.len() {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        Ok(n)
-    });
-    // SAFETY: recv initialised the first `got` bytes of the spare capacity.
-    unsafe { chunk.set_len(got) };
-    match result {
-        Ok(0) => Read::Eof,
-        Ok(_) => Read::Data { drained: false },
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Read::Data { drained: true },
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Read::Nothing,
-        Err(e) => Read::Failed(e),
-    }
-}
-
-/// Writes all of `bytes`, waiting for the socket only when its buffer is full.
-async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        match to.try_write(bytes) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::future::poll_fn(|cx| to.poll_write_ready(cx)).await?;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

@@ -278,3 +278,36 @@ async fn idle_timeout_closes_an_idle_connection_and_spares_a_busy_one() {
         "closed {quiet:?} after its last byte (4 s of which already idle)"
     );
 }
+
+/// Bulk transfers move to splice(2) on Linux after a few full buffers: 8 MiB one
+/// way, the FIN passed on at the end, and the reply still flowing back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_transfer_arrives_intact_and_its_fin_is_passed_on() {
+    let backend = serve(|mut s| async move {
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        let sum = got
+            .iter()
+            .fold(0u64, |h, &b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        s.write_all(format!("{} {sum}", got.len()).as_bytes())
+            .await
+            .unwrap();
+        s.shutdown().await.unwrap();
+    })
+    .await;
+    let lb = start_lb(&config_text(&[("b1", backend.addr, 100)], "", ""));
+    let mut client = TcpStream::connect(lb.addr("lb", 80)).await.unwrap();
+    let payload = random_bytes(8 << 20, 11);
+    let sum = payload
+        .iter()
+        .fold(0u64, |h, &b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    client.write_all(&payload).await.unwrap();
+    client.shutdown().await.unwrap();
+    let reply = tokio::time::timeout(GENEROUS, read_to_end(&mut client))
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(reply).unwrap(),
+        format!("{} {sum}", payload.len())
+    );
+}
