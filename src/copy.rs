@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
-/// Copy buffer per direction, held only while bytes are moving (idle connections hold none).
+/// The copy buffer (one per worker thread; see `SCRATCH`).
 pub const BUFFER_SIZE: usize = 16 * 1024;
 /// Bytes are added to the counters in batches of at least this much (and at close).
 const BYTES_BATCH: u64 = 256 * 1024;
@@ -130,46 +130,83 @@ async fn pump(
     activity: &Activity,
     tally: &mut Tally<'_>,
 ) -> io::Result<()> {
-    // Readiness may be spurious (a fresh socket's first poll) and a connection may
-    // idle for long after a burst: the buffer is taken for a burst and given back
-    // once the socket is drained, so an idle connection holds none.
-    let mut buf: Option<Vec<u8>> = None;
     let mut full_reads = 0;
     loop {
         // Poll-based readiness: it uses the socket's own waker slot, where
         // `readable()` would keep a waiter node in every connection's future.
         std::future::poll_fn(|cx| from.poll_read_ready(cx)).await?;
-        let chunk = buf.get_or_insert_with(|| Vec::with_capacity(BUFFER_SIZE));
-        let read = read_burst(from, chunk);
-        match read {
-            Read::Eof => {
+        let (moved, rest) = match SCRATCH.with_borrow_mut(|scratch| relay(from, to, scratch)) {
+            Relay::Eof => {
                 socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write)?;
                 return Ok(());
             }
-            Read::Data { drained } => {
-                activity.touch();
-                write_all(to, chunk).await?;
-                activity.touch();
-                tally.add(chunk.len());
-                if drained {
-                    buf = None;
-                    full_reads = 0;
-                } else {
-                    full_reads += 1;
-                }
+            Relay::Nothing => continue,
+            Relay::Moved { n, drained, rest } => {
+                full_reads = if drained { 0 } else { full_reads + 1 };
+                (n, rest)
             }
-            Read::Nothing => buf = None,
-            Read::Failed(e) => return Err(e),
+            Relay::Failed(e) => return Err(e),
+        };
+        activity.touch();
+        if let Some(rest) = rest {
+            write_all(to, &rest).await?;
+            activity.touch();
         }
+        tally.add(moved);
         #[cfg(target_os = "linux")]
         if full_reads >= SPLICE_AFTER_FULL_READS && crate::splice::enabled() {
             if let Some(pipe) = crate::splice::Pipe::new() {
-                drop(buf.take());
                 return splice_pump(from, to, &pipe, activity, tally).await;
             }
             full_reads = 0; // out of descriptors: keep copying
         }
     }
+}
+
+thread_local! {
+    /// The copy buffer of this worker thread. A read and the write that follows it
+    /// run without an await in between, so one buffer per thread serves every
+    /// connection: only bytes the destination cannot take at once are copied into a
+    /// buffer of the connection's own, until they are written. Idle connections, and
+    /// busy ones whose peers keep up, hold none.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(Vec::with_capacity(BUFFER_SIZE));
+}
+
+enum Relay {
+    Eof,
+    /// Spurious readiness.
+    Nothing,
+    /// `n` bytes read; `rest` is what the destination could not take yet;
+    /// `drained` when the source very likely has no more.
+    Moved {
+        n: usize,
+        drained: bool,
+        rest: Option<Vec<u8>>,
+    },
+    Failed(io::Error),
+}
+
+/// One read from `from` and as much of it written to `to` as it takes now.
+fn relay(from: &TcpStream, to: &TcpStream, scratch: &mut Vec<u8>) -> Relay {
+    let drained = match read_burst(from, scratch) {
+        Read::Eof => return Relay::Eof,
+        Read::Nothing => return Relay::Nothing,
+        Read::Failed(e) => return Relay::Failed(e),
+        Read::Data { drained } => drained,
+    };
+    let n = scratch.len();
+    let mut written = 0;
+    while written < n {
+        match to.try_write(&scratch[written..]) {
+            Ok(0) => return Relay::Failed(io::ErrorKind::WriteZero.into()),
+            Ok(m) => written += m,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Relay::Failed(e),
+        }
+    }
+    let rest = (written < n).then(|| scratch[written..].to_vec());
+    Relay::Moved { n, drained, rest }
 }
 
 /// The rest of a bulk direction, through a pipe with `splice(2)`.
