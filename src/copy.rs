@@ -156,7 +156,8 @@ async fn pump(
         #[cfg(target_os = "linux")]
         if full_reads >= SPLICE_AFTER_FULL_READS && crate::splice::enabled() {
             if let Some(pipe) = crate::splice::Pipe::new() {
-                return splice_pump(from, to, &pipe, activity, tally).await;
+                // Boxed: only bulk directions pay for its state, not every connection.
+                return Box::pin(splice_pump(from, to, &pipe, activity, tally)).await;
             }
             full_reads = 0; // out of descriptors: keep copying
         }
