@@ -166,12 +166,7 @@ struct Round {
 
 /// Opens `n` clients (each proven proxied by one echoed byte, 200 at a time), holds
 /// them while edgelb's memory is read, closes them and waits for edgelb to let go.
-async fn hold_and_close(
-    n: usize,
-    addr: std::net::SocketAddr,
-    pid: u32,
-    base_fds: usize,
-) -> Round {
+async fn hold_and_close(n: usize, addr: std::net::SocketAddr, pid: u32, base_fds: usize) -> Round {
     let started = std::time::Instant::now();
     let mut clients = Vec::with_capacity(n);
     while clients.len() < n {

@@ -80,11 +80,7 @@ async fn out_of_descriptors_refuses_cleanly_does_not_spin_and_recovers() {
             Fate::Closed => {
                 closed += 1;
                 if admin_hold.is_none() {
-                    admin_hold = Some(
-                        TcpStream::connect(("127.0.0.1", admin_port))
-                            .await
-                            .unwrap(),
-                    );
+                    admin_hold = Some(TcpStream::connect(("127.0.0.1", admin_port)).await.unwrap());
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }

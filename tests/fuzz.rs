@@ -14,8 +14,8 @@ mod support;
 use edgelb::api::actions::{self, Action};
 use edgelb::api::params::{self, ApiFields, JsonFields, Params};
 use edgelb::api::signature::{self, Authorization};
-use edgelb::config::{validate_backend_server, validate_listener_spec, Config, Reader};
 use edgelb::config::{line_col, LISTENER_PARAMS};
+use edgelb::config::{validate_backend_server, validate_listener_spec, Config, Reader};
 use edgelb::proxy_protocol::{decode_v2, encode_v2, Command, MAX_V2_LEN, SIGNATURE};
 use proptest::prelude::*;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -107,15 +107,13 @@ fn listener_keys() -> Vec<&'static str> {
 /// A near-valid file: the right tables, with keys and values drawn at random, plus
 /// a valid core that random lines may override (a duplicate key is a TOML error).
 fn near_valid_file() -> impl Strategy<Value = String> {
-    let listener_lines = prop::collection::vec(
-        (prop::sample::select(listener_keys()), toml_value()),
-        0..8,
-    )
-    .prop_map(|kvs| {
-        kvs.into_iter()
-            .map(|(k, v)| format!("{k} = {v}\n"))
-            .collect::<String>()
-    });
+    let listener_lines =
+        prop::collection::vec((prop::sample::select(listener_keys()), toml_value()), 0..8)
+            .prop_map(|kvs| {
+                kvs.into_iter()
+                    .map(|(k, v)| format!("{k} = {v}\n"))
+                    .collect::<String>()
+            });
     (
         table_lines(GLOBAL_KEYS),
         table_lines(ADMIN_KEYS),
@@ -213,14 +211,20 @@ fn api_value() -> impl Strategy<Value = String> {
     prop_oneof![
         toml_value().prop_map(|v| v.trim_matches('"').to_string()),
         "\\PC{0,40}",
-        Just("[{\"ServerId\":\"b\",\"Ip\":\"127.0.0.1\",\"Port\":1,\"Weight\":50,\"Type\":\"ens\"}]".to_string()),
+        Just(
+            "[{\"ServerId\":\"b\",\"Ip\":\"127.0.0.1\",\"Port\":1,\"Weight\":50,\"Type\":\"ens\"}]"
+                .to_string()
+        ),
         Just("[{\"ServerId\":1,\"Ip\":[],\"Port\":1.5,\"Weight\":null}]".to_string()),
     ]
 }
 
 fn api_params() -> impl Strategy<Value = Params> {
     prop::collection::btree_map(
-        prop_oneof![prop::sample::select(API_NAMES).prop_map(String::from), "[A-Za-z]{1,12}"],
+        prop_oneof![
+            prop::sample::select(API_NAMES).prop_map(String::from),
+            "[A-Za-z]{1,12}"
+        ],
         api_value(),
         0..8,
     )
@@ -231,8 +235,8 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
     let leaf = prop_oneof![
         Just(J::Null),
         any::<bool>().prop_map(J::Bool),
-        any::<i64>().prop_map(|n| J::from(n)),
-        any::<f64>().prop_map(|f| J::from(f)),
+        any::<i64>().prop_map(J::from),
+        any::<f64>().prop_map(J::from),
         "\\PC{0,20}".prop_map(J::String),
         Just(J::String("127.0.0.1".into())),
     ];
@@ -340,8 +344,10 @@ fn api_actions_never_panic() {
 
 fn socket_addr() -> impl Strategy<Value = SocketAddr> {
     prop_oneof![
-        (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(IpAddr::from(ip), port)),
-        (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(IpAddr::from(ip), port)),
+        (any::<[u8; 4]>(), any::<u16>())
+            .prop_map(|(ip, port)| SocketAddr::new(IpAddr::from(ip), port)),
+        (any::<[u8; 16]>(), any::<u16>())
+            .prop_map(|(ip, port)| SocketAddr::new(IpAddr::from(ip), port)),
         (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| {
             let mapped = std::net::Ipv4Addr::from(ip).to_ipv6_mapped();
             SocketAddr::new(IpAddr::V6(mapped), port)

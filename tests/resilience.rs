@@ -100,7 +100,10 @@ async fn a_backend_reset_mid_stream_closes_the_client_and_leaks_nothing() {
     // Warm up once (lazily opened runtime descriptors, the frozen probe), then the
     // baseline is whatever is open with no connection.
     cycle().await;
-    wait_until("the warm-up connection to close", || counts(&lb) == (0, 0, 0)).await;
+    wait_until("the warm-up connection to close", || {
+        counts(&lb) == (0, 0, 0)
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let baseline = open_fds();
     for _ in 0..20 {
@@ -112,11 +115,20 @@ async fn a_backend_reset_mid_stream_closes_the_client_and_leaks_nothing() {
 
 /// A listening socket with a backlog of 0 that never accepts: once a connect or two
 /// fill its queue, the kernel drops further SYNs and a connect hangs.
-fn blackhole() -> (std::net::SocketAddr, socket2::Socket, Vec<std::net::TcpStream>) {
+fn blackhole() -> (
+    std::net::SocketAddr,
+    socket2::Socket,
+    Vec<std::net::TcpStream>,
+) {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     socket
-        .bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into())
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
         .unwrap();
     socket.listen(0).unwrap();
     let addr = socket.local_addr().unwrap().as_socket().unwrap();
@@ -216,7 +228,10 @@ async fn a_client_reset_closes_the_backend_side_and_leaks_nothing() {
             .unwrap();
     }
     cycle(addr, &mut ended).await;
-    wait_until("the warm-up connection to close", || counts(&lb) == (0, 0, 0)).await;
+    wait_until("the warm-up connection to close", || {
+        counts(&lb) == (0, 0, 0)
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let baseline = open_fds();
     for _ in 0..20 {
@@ -259,8 +274,8 @@ async fn a_silent_client_has_its_backend_side_closed_after_the_idle_timeout() {
 /// guards the setting instead.
 #[test]
 fn panics_unwind_in_every_profile() {
-    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
-        .unwrap();
+    let manifest =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
     let doc: toml_edit::DocumentMut = manifest.parse().unwrap();
     if let Some(profiles) = doc.get("profile").and_then(|p| p.as_table()) {
         for (name, profile) in profiles.iter() {

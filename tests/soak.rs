@@ -1,5 +1,5 @@
 //! Soak: mixed traffic through the real binary while backends flap and the file is
-//! reloaded, then a report. CI runs it for `EDGELB_SOAK_SECS` (default 10 s);
+//! reloaded, then a report. CI runs it for `EDGELB_SOAK_SECS` (default 20 s);
 //! `scripts/soak.sh --minutes N` runs the release build for N minutes (default 10).
 //!
 //! - Backends: `a` is always up; `b` and `c` stop and start listening every few
@@ -26,6 +26,8 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The CI run's length.
+const DEFAULT_SECS: u64 = 20;
 const SCHEDULERS: [&str; 5] = ["wrr", "wlc", "rr", "sch", "tch"];
 const SHORT_WORKERS: usize = 8;
 const BULK_WORKERS: usize = 2;
@@ -195,8 +197,7 @@ async fn bulk_once(addr: SocketAddr, seed: u64, tally: &Tally, pace: Duration) {
     };
     let mut got = Vec::with_capacity(BULK_BYTES);
     let recv = r.read_to_end(&mut got);
-    match tokio::time::timeout(Duration::from_secs(120), async { tokio::join!(send, recv) }).await
-    {
+    match tokio::time::timeout(Duration::from_secs(120), async { tokio::join!(send, recv) }).await {
         Ok((Ok(()), Ok(_))) => classify(&payload, &got, tally),
         _ => {
             tally.io_errors.fetch_add(1, Ordering::Relaxed);
@@ -225,7 +226,7 @@ async fn soak_mixed_traffic_with_flapping_backends_and_reloads() {
     let secs: u64 = std::env::var("EDGELB_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(DEFAULT_SECS);
     let stop_backends = Arc::new(AtomicBool::new(false));
     let a = Flapper::start(None, stop_backends.clone());
     let b = Flapper::start(Some(0x9E37_79B9), stop_backends.clone());
@@ -277,7 +278,10 @@ async fn soak_mixed_traffic_with_flapping_backends_and_reloads() {
         tokio::time::sleep(RELOAD_EVERY).await;
         reloads += 1;
         let scheduler = SCHEDULERS[reloads as usize % SCHEDULERS.len()];
-        let (wb, wc) = ((next(&mut seed) % 101) as u32, (next(&mut seed) % 101) as u32);
+        let (wb, wc) = (
+            (next(&mut seed) % 101) as u32,
+            (next(&mut seed) % 101) as u32,
+        );
         let text = config(port, &backends(wb, wc), scheduler);
         let tmp = lb.config.with_extension("tmp");
         std::fs::write(&tmp, text).unwrap();
@@ -320,7 +324,10 @@ async fn soak_mixed_traffic_with_flapping_backends_and_reloads() {
     assert_eq!(refused, 0, "a reload was refused:\n{log}");
     assert_eq!(reloaded as u64, reloads, "every SIGHUP reloaded");
     // Up to three probes (one per backend) may be in flight at the end sample.
-    assert!(fds_end <= fds_start + 3, "descriptors {fds_start} -> {fds_end}");
+    assert!(
+        fds_end <= fds_start + 3,
+        "descriptors {fds_start} -> {fds_end}"
+    );
     assert!(
         (rss_end as f64) < rss_start as f64 * 1.5,
         "RSS {rss_start} KiB -> {rss_end} KiB"

@@ -136,7 +136,9 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 /// Open descriptors of `pid`.
 pub fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 /// Raises this process's soft descriptor limit to its hard limit; returns it.
