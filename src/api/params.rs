@@ -49,6 +49,10 @@ fn decode(s: &str) -> Result<String, ApiError> {
             b'+' => out.push(b' '),
             b'%' => {
                 let hex = s.get(i + 1..i + 3).ok_or_else(bad)?;
+                // from_str_radix alone would take a sign: "%+f" is not an escape.
+                if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(bad());
+                }
                 out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
                 i += 2;
             }
@@ -193,6 +197,7 @@ mod tests {
         assert_eq!(pairs[3], ("F".into(), "".into()));
         assert!(parse_form("A=%4").is_err());
         assert!(parse_form("A=%zz").is_err());
+        assert!(parse_form("A=%+f").is_err(), "a sign is not a hex digit");
         assert!(parse_form("A=%ff").is_err(), "not UTF-8");
     }
 

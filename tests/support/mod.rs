@@ -1,6 +1,8 @@
 //! Test harness: the real listener on 127.0.0.1:0 and small loopback backends.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod process;
+
 use edgelb::config::Config;
 use edgelb::listener::Binder;
 use edgelb::server::Server;

@@ -1,0 +1,151 @@
+//! Running out of file descriptors, with the real binary under `RLIMIT_NOFILE = 64`
+//! and a connection cap far above what 64 descriptors allow: clients past the limit
+//! are closed or wait in the backlog (never a crash), the accept loop backs off
+//! instead of spinning on EMFILE (its CPU time stays low), and the balancer serves
+//! again as soon as descriptors are free.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::process::{cpu_time, fd_count, Edgelb, Options};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const NOFILE: u64 = 64;
+/// How long the process is kept out of descriptors while its CPU time is measured.
+const EXHAUSTED_FOR: Duration = Duration::from_secs(2);
+
+/// What became of a client that sent one byte.
+enum Fate {
+    /// Echoed: a proxied connection holding two descriptors.
+    Served,
+    /// Closed or reset: accepted, but no descriptor was left to reach the backend.
+    Closed,
+    /// No answer: waiting in the listen backlog (accept fails with EMFILE).
+    Waiting,
+}
+
+async fn try_client(addr: std::net::SocketAddr) -> (TcpStream, Fate) {
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"x").await.unwrap();
+    let mut buf = [0u8; 1];
+    let fate = match tokio::time::timeout(Duration::from_millis(500), c.read(&mut buf)).await {
+        Ok(Ok(1)) => Fate::Served,
+        Ok(_) => Fate::Closed,
+        Err(_) => Fate::Waiting,
+    };
+    (c, fate)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_refuses_cleanly_does_not_spin_and_recovers() {
+    let backend = echo_backend().await;
+    let port = free_port();
+    let admin_port = free_port();
+    let text = config_text(
+        &[("b1", backend.addr, 100)],
+        "max_connections = 100000",
+        // One probe at start, then none for the test's length.
+        "health_check_interval = 50",
+    )
+    .replace(
+        "address = \"\"",
+        &format!("address = \"127.0.0.1:{admin_port}\""),
+    )
+    .replace("listener_port = 80", &format!("listener_port = {port}"));
+    let mut lb = Edgelb::start(
+        &text,
+        Options {
+            nofile: Some(NOFILE),
+            ..Options::default()
+        },
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    lb.wait_listening(addr);
+    let baseline_fds = fd_count(lb.pid());
+
+    // Fill every descriptor with proxied connections. When one is left over (an odd
+    // number free), a client is accepted and closed at once (its backend connect
+    // fails with EMFILE): an idle admin connection then takes that last one.
+    let mut served = Vec::new();
+    let mut waiting = Vec::new();
+    let mut closed = 0;
+    let mut admin_hold = None;
+    for _ in 0..NOFILE {
+        let (c, fate) = try_client(addr).await;
+        match fate {
+            Fate::Served => served.push(c),
+            Fate::Closed => {
+                closed += 1;
+                if admin_hold.is_none() {
+                    admin_hold = Some(TcpStream::connect(("127.0.0.1", admin_port)).await.unwrap());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            Fate::Waiting => {
+                waiting.push(c);
+                break;
+            }
+        }
+    }
+    assert!(!waiting.is_empty(), "never ran out of descriptors");
+    assert!(
+        served.len() >= 10,
+        "only {} connections were served",
+        served.len()
+    );
+    // More clients than descriptors: they wait in the backlog.
+    for _ in 0..16 {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"x").await.unwrap();
+        waiting.push(c);
+    }
+    // Exhausted: the accept loop must sleep between failures, not spin.
+    let cpu_before = cpu_time(lb.pid());
+    let wall = Instant::now();
+    tokio::time::sleep(EXHAUSTED_FOR).await;
+    let cpu = cpu_time(lb.pid()) - cpu_before;
+    let share = cpu.as_secs_f64() / wall.elapsed().as_secs_f64();
+    let log = lb.log_text();
+    let pauses = log.matches("accept failed; pausing").count();
+    println!(
+        "fd exhaustion: {} served, {closed} closed, {} waiting; edgelb CPU {cpu:?} over {:?} ({:.1}% of a core); {pauses} accept-failure pauses logged",
+        served.len(),
+        waiting.len(),
+        wall.elapsed(),
+        share * 100.0
+    );
+    assert!(lb.is_running(), "edgelb died:\n{log}");
+    assert!(
+        share < 0.30,
+        "edgelb used {:.0}% of a core while out of descriptors",
+        share * 100.0
+    );
+    assert!(
+        log.contains("Too many open files") && pauses >= 2,
+        "the log does not show the EMFILE back-off:\n{log}"
+    );
+    // The back-off doubles from 5 ms to 1 s: about 9 pauses in 2 s, not thousands.
+    assert!(pauses < 50, "{pauses} accept failures logged in ~2 s");
+
+    // Descriptors free up: every waiting client is served (its byte was sent).
+    drop(served);
+    drop(admin_hold);
+    for mut c in waiting {
+        let got = tokio::time::timeout(Duration::from_secs(10), read_n(&mut c, 1))
+            .await
+            .expect("a waiting client was not served after descriptors freed");
+        assert_eq!(got, b"x");
+    }
+    let (fresh, fate) = try_client(addr).await;
+    assert!(matches!(fate, Fate::Served), "a new client is served");
+    drop(fresh);
+    assert!(lb.is_running());
+    let pid = lb.pid();
+    wait_until("edgelb's descriptors back to the baseline", || {
+        fd_count(pid) <= baseline_fds
+    })
+    .await;
+}
