@@ -5,7 +5,7 @@
 use crate::metrics::Total;
 use crate::snapshot::{BackendRuntime, ListenerRuntime};
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
@@ -31,6 +31,8 @@ pub enum Close {
 struct Activity {
     base: Instant,
     last_ms: AtomicU64,
+    /// Set when the first direction has seen its FIN.
+    one_way_done: AtomicBool,
 }
 
 impl Activity {
@@ -97,6 +99,7 @@ pub async fn copy_both_ways(
     let activity = Activity {
         base: Instant::now(),
         last_ms: AtomicU64::new(0),
+        one_way_done: AtomicBool::new(false),
     };
     let mut tally_in = Tally {
         counter: &runtime.metrics.bytes_in,
@@ -119,6 +122,15 @@ pub async fn copy_both_ways(
     }
 }
 
+/// A FIN came from the other side of `to`: pass it on (half-close). When the other
+/// way is finished already, closing both sockets (next) sends the FIN: no shutdown.
+fn pass_fin(to: &TcpStream, activity: &Activity) -> io::Result<()> {
+    if activity.one_way_done.swap(true, Ordering::Relaxed) {
+        return Ok(());
+    }
+    socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write)
+}
+
 /// Full buffers in a row after which a direction counts as a bulk transfer and
 /// moves to `splice(2)`.
 const SPLICE_AFTER_FULL_READS: u32 = 4;
@@ -137,8 +149,7 @@ async fn pump(
         std::future::poll_fn(|cx| from.poll_read_ready(cx)).await?;
         let (moved, rest) = match SCRATCH.with_borrow_mut(|scratch| relay(from, to, scratch)) {
             Relay::Eof => {
-                socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write)?;
-                return Ok(());
+                return pass_fin(to, activity);
             }
             Relay::Nothing => continue,
             Relay::Moved { n, drained, rest } => {
@@ -224,8 +235,7 @@ async fn splice_pump(
         std::future::poll_fn(|cx| from.poll_read_ready(cx)).await?;
         match fill(from, pipe)? {
             Filled::Eof => {
-                socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write)?;
-                return Ok(());
+                return pass_fin(to, activity);
             }
             Filled::Bytes { n, .. } => {
                 activity.touch();

@@ -32,6 +32,9 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
+    // Accepted sockets inherit TCP_NODELAY from the listener on Linux: one
+    // setsockopt here instead of one per connection.
+    socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     Ok(socket.into())
@@ -139,12 +142,14 @@ pub async fn accept_loop(
     stop: CancellationToken,
 ) {
     let mut backoff = ACCEPT_BACKOFF_MIN;
-    // Bound to a specific address, every accepted socket has this local address:
-    // no getsockname per connection.
-    let fixed_local = listener
-        .local_addr()
-        .ok()
-        .filter(|a| !a.ip().is_unspecified());
+    let accepted_info = proxy::Accepted {
+        local: listener
+            .local_addr()
+            .ok()
+            .filter(|a| !a.ip().is_unspecified()),
+        nodelay: cfg!(target_os = "linux")
+            && socket2::SockRef::from(&listener).tcp_nodelay().unwrap_or(false),
+    };
     loop {
         let accepted = tokio::select! {
             biased;
@@ -183,7 +188,7 @@ pub async fn accept_loop(
             drop(stream);
             continue;
         };
-        let task = proxy::handle(stream, peer, fixed_local, runtime.clone(), permit);
+        let task = proxy::handle(stream, peer, accepted_info, runtime.clone(), permit);
         shared.tracker.spawn(task);
     }
 }

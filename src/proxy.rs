@@ -18,12 +18,21 @@ use tokio::time::{timeout, Instant};
 /// The most connect attempts: the first plus `connect_retries` (at most 16).
 const MAX_ATTEMPTS: usize = 17;
 
-/// Serves one accepted client until it is done. `local` is the address it reached,
-/// when the listener already knows it (a listener bound to a specific address).
+/// What every connection of one listening socket shares, known once per socket so
+/// no connection pays a syscall for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Accepted {
+    /// The address clients reach, when the socket is bound to a specific address.
+    pub local: Option<SocketAddr>,
+    /// Accepted sockets already have TCP_NODELAY (inherited from the listener).
+    pub nodelay: bool,
+}
+
+/// Serves one accepted client until it is done.
 pub async fn handle(
     client: TcpStream,
     peer: SocketAddr,
-    local: Option<SocketAddr>,
+    accepted: Accepted,
     runtime: Arc<ListenerRuntime>,
     _permit: Permit,
 ) {
@@ -31,8 +40,10 @@ pub async fn handle(
     let metrics = &runtime.metrics;
     let _active = LiveGuard::new(&metrics.active, &runtime.active);
     let view = runtime.view.load_full();
-    set_nodelay_or_warn(&client, "client");
-    let Some(local) = local.or_else(|| client.local_addr().ok()) else {
+    if !accepted.nodelay {
+        set_nodelay_or_warn(&client, "client");
+    }
+    let Some(local) = accepted.local.or_else(|| client.local_addr().ok()) else {
         return; // the client is already gone
     };
     let flow = FlowKey {

@@ -71,7 +71,9 @@ async fn backend_half_close_reaches_the_client_which_can_still_send() {
         }
     })
     .await;
-    let lb = start_lb(&config_text(&[("b1", backend.addr, 100)], "", ""));
+    // Probes go elsewhere: this backend's handler takes the first connection.
+    let sink = health_sink().await;
+    let lb = start_lb(&config_text(&[("b1", backend.addr, 100)], "", &sink));
     let mut client = TcpStream::connect(lb.addr("lb", 80)).await.unwrap();
     let got = tokio::time::timeout(GENEROUS, read_to_end(&mut client))
         .await
@@ -310,4 +312,16 @@ async fn a_bulk_transfer_arrives_intact_and_its_fin_is_passed_on() {
         String::from_utf8(reply).unwrap(),
         format!("{} {sum}", payload.len())
     );
+}
+
+/// The data path relies on accepted sockets inheriting TCP_NODELAY from the
+/// listening socket (one setsockopt per listener, not per connection).
+#[test]
+fn accepted_sockets_inherit_tcp_nodelay_from_the_listener() {
+    let listener = edgelb::listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    listener.set_nonblocking(false).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _client = std::net::TcpStream::connect(addr).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    assert!(accepted.nodelay().unwrap());
 }

@@ -157,7 +157,10 @@ fn drain_timeout_closes_what_is_left_and_exits_0() {
     );
     let log = stderr_of(&mut proc);
     assert!(log.contains("drain timeout reached"), "{log}");
-    assert!(!log.contains('\x1b'), "colour codes in a log that is not a terminal: {log}");
+    assert!(
+        !log.contains('\x1b'),
+        "colour codes in a log that is not a terminal: {log}"
+    );
 }
 
 #[test]
