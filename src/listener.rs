@@ -148,7 +148,9 @@ pub async fn accept_loop(
             .ok()
             .filter(|a| !a.ip().is_unspecified()),
         nodelay: cfg!(target_os = "linux")
-            && socket2::SockRef::from(&listener).tcp_nodelay().unwrap_or(false),
+            && socket2::SockRef::from(&listener)
+                .tcp_nodelay()
+                .unwrap_or(false),
     };
     loop {
         let accepted = tokio::select! {
