@@ -17,6 +17,7 @@
 //!   (the status page for people), read from the runtimes' counts.
 //! - [`api`]: the control API (ENS OpenAPI actions, V3 signatures) on the admin server.
 //! - [`demo`]: the built-in backends of `edgelb demo`.
+//! - [`memory`]: heap memory given back after many connections close.
 //! - [`metrics`]: metric names and the handles registered once.
 //! - [`persistence`]: the client-IP affinity table (LVS persistence templates).
 //! - [`health`]: the health checks: one probe loop per (listener, backend).
@@ -30,6 +31,7 @@ pub mod demo;
 pub mod health;
 pub mod health_state;
 pub mod listener;
+pub mod memory;
 pub mod metrics;
 pub mod persistence;
 pub mod proxy;

@@ -52,6 +52,8 @@ pub fn default_binder() -> Binder {
 pub struct ConnectionLimit {
     max: usize,
     open: AtomicUsize,
+    /// The most open at once since [`ConnectionLimit::take_peak`] last looked.
+    peak: AtomicUsize,
     last_warn: AtomicU64,
 }
 
@@ -69,6 +71,7 @@ impl ConnectionLimit {
         Arc::new(ConnectionLimit {
             max,
             open: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
             last_warn: AtomicU64::new(0),
         })
     }
@@ -82,13 +85,19 @@ impl ConnectionLimit {
     }
 
     pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
-        let admitted = self
+        let before = self
             .open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.max).then_some(n + 1)
             })
-            .is_ok();
-        admitted.then(|| Permit(self.clone()))
+            .ok()?;
+        self.peak.fetch_max(before + 1, Ordering::Relaxed);
+        Some(Permit(self.clone()))
+    }
+
+    /// The most connections open at once since the last call.
+    pub fn take_peak(&self) -> usize {
+        self.peak.swap(self.open(), Ordering::Relaxed)
     }
 
     /// Whether a warning is due (rate-limited so a flood does not flood the log).

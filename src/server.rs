@@ -76,6 +76,7 @@ impl Server {
             }),
         };
         server.apply(config)?;
+        crate::memory::spawn_trimmer(server.shared.limit.clone());
         tracing::info!(max_connections = max, "connection limit");
         Ok(server)
     }
