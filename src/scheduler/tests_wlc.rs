@@ -87,7 +87,10 @@ fn short_connections_take_turns_on_the_tree() {
     // Each connection closes before the next pick: loads are equal at every
     // pick, and the least recently picked goes next.
     let s = build(candidates(&[5, 5, 5, 0, 5], &[0; 5]), 0);
-    let got: Vec<usize> = (0..8).map(|_| pick(&s)).inspect(|&i| drop(s.guard(i))).collect();
+    let got: Vec<usize> = (0..8)
+        .map(|_| pick(&s))
+        .inspect(|&i| drop(s.guard(i)))
+        .collect();
     assert_eq!(got, [0, 1, 2, 4, 0, 1, 2, 4]);
 }
 
@@ -135,7 +138,9 @@ fn exclude_skips_the_least_loaded() {
 
 /// A small deterministic generator (tests need no seeds or crates).
 fn lcg(state: &mut u64) -> u64 {
-    *state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    *state = state
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     *state >> 33
 }
 

@@ -76,9 +76,11 @@ impl LeastConn {
             })
             .collect();
         let tree = (entries.len() > scan_max).then(|| {
-            let tree = Arc::new(LoadTree::new(entries.iter().map(|e| {
-                (e.weight as u32, e.active.load(Ordering::Relaxed))
-            })));
+            let tree = Arc::new(LoadTree::new(
+                entries
+                    .iter()
+                    .map(|e| (e.weight as u32, e.active.load(Ordering::Relaxed))),
+            ));
             let counts: Vec<&LiveCount> = entries.iter().map(|e| &*e.active).collect();
             LiveCount::link_all(&tree, &counts);
             tree
