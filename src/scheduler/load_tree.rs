@@ -79,22 +79,18 @@ impl LoadTree {
         let seq = self.picks.load(Relaxed) + 1;
         self.picks.store(seq, Relaxed);
         self.leaves[leaf].last_pick.store(seq, Relaxed);
-        // Only ties can change: walk up with the winner so far, and write just
-        // the nodes whose winner moves. A lost race costs a tie its turn, never
-        // a count, and the next update of that path recomputes it.
-        let (mut best, mut pos) = (leaf as u32, self.width + leaf);
-        while pos > 1 {
-            let sibling = self.child(pos ^ 1);
-            best = if pos & 1 == 0 {
-                self.better(best, sibling)
-            } else {
-                self.better(sibling, best)
-            };
-            pos /= 2;
-            let old = self.nodes[pos].load(Acquire);
-            if u64::from(best) != old & WINNER {
-                let _ = self.nodes[pos].compare_exchange(old, stamp(old, best), AcqRel, Relaxed);
+        // Only ties can change, so a node is written only when its winner moves.
+        // Each write is a refresh proper (node read before its children, then a
+        // versioned swap), so it can never put back a value an update replaced;
+        // a lost swap costs a tie its turn, and the next update recomputes it.
+        let mut n = (self.width + leaf) / 2;
+        while n > 0 {
+            let old = self.nodes[n].load(SeqCst);
+            let winner = self.winner_of(n);
+            if u64::from(winner) != old & WINNER {
+                let _ = self.nodes[n].compare_exchange(old, stamp(old, winner), SeqCst, SeqCst);
             }
+            n /= 2;
         }
         leaf
     }

@@ -219,4 +219,7 @@ fn concurrent_use_keeps_counts_and_spreads_picks() {
     let mut got = picks(&s, 8);
     got.sort_unstable();
     assert_eq!(got, [0, 1, 2, 3, 4, 5, 6, 7]);
+    // And unequal loads are seen exactly: one connection on all but the last.
+    let _held: Vec<ActiveGuard> = (0..7).map(|i| s.guard(i).unwrap()).collect();
+    assert_eq!(picks(&s, 3), [7, 7, 7]);
 }
