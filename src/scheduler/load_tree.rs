@@ -80,17 +80,33 @@ impl LoadTree {
         self.picks.store(seq, Relaxed);
         self.leaves[leaf].last_pick.store(seq, Relaxed);
         // Only ties can change, so a node is written only when its winner moves.
-        // Each write is a refresh proper (node read before its children, then a
-        // versioned swap), so it can never put back a value an update replaced;
-        // a lost swap costs a tie its turn, and the next update recomputes it.
-        let mut n = (self.width + leaf) / 2;
+        // Every node of the path is read before any child or leaf is: a swap then
+        // fails if an update wrote the node since, so a pick never puts back a
+        // value an update replaced; it stops there, costing a tie its turn.
+        let mut olds = [0u64; usize::BITS as usize];
+        let (mut n, mut levels) = ((self.width + leaf) / 2, 0);
         while n > 0 {
-            let old = self.nodes[n].load(SeqCst);
-            let winner = self.winner_of(n);
-            if u64::from(winner) != old & WINNER {
-                let _ = self.nodes[n].compare_exchange(old, stamp(old, winner), SeqCst, SeqCst);
+            olds[levels] = self.nodes[n].load(SeqCst);
+            (n, levels) = (n / 2, levels + 1);
+        }
+        let (mut best, mut pos) = (leaf as u32, self.width + leaf);
+        for &old in &olds[..levels] {
+            let sibling = self.child(pos ^ 1);
+            best = if pos & 1 == 0 {
+                self.better(best, sibling)
+            } else {
+                self.better(sibling, best)
+            };
+            pos /= 2;
+            if u64::from(best) != old & WINNER {
+                let new = stamp(old, best);
+                if self.nodes[pos]
+                    .compare_exchange(old, new, SeqCst, SeqCst)
+                    .is_err()
+                {
+                    break;
+                }
             }
-            n /= 2;
         }
         leaf
     }
