@@ -2,6 +2,7 @@
 //! handles registered once per listener and backend so the data path never looks a
 //! metric up by name.
 
+use crate::scheduler::LiveCount;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics::{Counter, Gauge, Histogram, Unit};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -262,19 +263,44 @@ pub fn config_reload(success: bool) {
 
 /// A gauge and a readable count raised for as long as this value lives (active
 /// connections), so every exit path gives the count back.
-pub struct LiveGuard<'a>(&'a Gauge, &'a AtomicU64);
+pub struct LiveGuard<'a, C: LiveCounter = AtomicU64>(&'a Gauge, &'a C);
 
-impl<'a> LiveGuard<'a> {
-    pub fn new(gauge: &'a Gauge, count: &'a AtomicU64) -> Self {
+/// A count a [`LiveGuard`] raises and lowers: a plain atomic, or a backend's
+/// [`LiveCount`], which also keeps the wlc tree up to date.
+pub trait LiveCounter {
+    fn up(&self);
+    fn down(&self);
+}
+
+impl LiveCounter for AtomicU64 {
+    fn up(&self) {
+        self.fetch_add(1, Ordering::Relaxed);
+    }
+    fn down(&self) {
+        self.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl LiveCounter for LiveCount {
+    fn up(&self) {
+        self.increment();
+    }
+    fn down(&self) {
+        self.decrement();
+    }
+}
+
+impl<'a, C: LiveCounter> LiveGuard<'a, C> {
+    pub fn new(gauge: &'a Gauge, count: &'a C) -> Self {
         gauge.increment(1.0);
-        count.fetch_add(1, Ordering::Relaxed);
+        count.up();
         LiveGuard(gauge, count)
     }
 }
 
-impl Drop for LiveGuard<'_> {
+impl<C: LiveCounter> Drop for LiveGuard<'_, C> {
     fn drop(&mut self) {
         self.0.decrement(1.0);
-        self.1.fetch_sub(1, Ordering::Relaxed);
+        self.1.down();
     }
 }

@@ -73,7 +73,7 @@ pub async fn handle(
     }
     let state = &view.backends[index];
     // One count for wlc and /status, one gauge for Prometheus.
-    let _backend_active = LiveGuard::new(&state.metrics.active, &state.active);
+    let _backend_active = LiveGuard::new(&state.metrics.active, &*state.active);
     state.metrics.connections.increment(1);
     tracing::debug!(client = %peer, backend = %view.listener.backends[index].addr, listener = runtime.listener_port, "proxying");
     let idle = view.listener.established_timeout;

@@ -9,7 +9,7 @@
 use crate::config::{self, Global};
 use crate::metrics::{BackendMetrics, ListenerMetrics};
 use crate::persistence::PersistenceTable;
-use crate::scheduler::{Algorithm, Candidate, Selector};
+use crate::scheduler::{Algorithm, Candidate, LiveCount, Selector};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -25,7 +25,7 @@ pub const HEALTH_UNHEALTHY: u8 = 2;
 pub struct BackendRuntime {
     pub server_id: Arc<str>,
     /// Connections open to this backend on this listener (wlc reads it).
-    pub active: Arc<AtomicU64>,
+    pub active: Arc<LiveCount>,
     pub health: AtomicU8,
     /// When `health` last changed (or the backend appeared), as [`unix_millis`].
     pub last_change: AtomicU64,
@@ -206,7 +206,7 @@ impl ListenerRuntime {
                         metrics.healthy.set(1.0);
                         Arc::new(BackendRuntime {
                             server_id: b.server_id.clone(),
-                            active: Arc::new(AtomicU64::new(0)),
+                            active: Arc::new(LiveCount::new()),
                             health: AtomicU8::new(HEALTH_UNKNOWN),
                             last_change: AtomicU64::new(unix_millis()),
                             metrics,

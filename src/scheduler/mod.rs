@@ -12,17 +12,22 @@
 //! traffic because its health checks misfire is worse than one that tries),
 //! and says so through [`Selector::is_fail_open`]. Weight 0 is never picked.
 
+mod live;
+mod load_tree;
 mod maglev;
 #[cfg(test)]
 mod tests_hash;
+#[cfg(test)]
+mod tests_wlc;
 mod wlc;
 mod wrr;
 
+pub use live::LiveCount;
 pub use maglev::table_size;
 pub use wlc::ActiveGuard;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// The listener's `Scheduler` parameter.
@@ -50,7 +55,7 @@ pub struct Candidate {
     pub healthy: bool,
     /// Live connections of this backend on this listener. Owned by the caller
     /// so that the count survives selector rebuilds.
-    pub active: Arc<AtomicU64>,
+    pub active: Arc<LiveCount>,
 }
 
 impl Candidate {
@@ -60,7 +65,7 @@ impl Candidate {
             server_id: server_id.into(),
             weight,
             healthy,
-            active: Arc::new(AtomicU64::new(0)),
+            active: Arc::new(LiveCount::new()),
         }
     }
 }
@@ -92,7 +97,15 @@ enum Strategy {
 impl Selector {
     /// Builds the selector. `hash_seed` only matters for `Sch`/`Tch`: nodes
     /// that share the seed, the backends and their health agree on every flow.
+    ///
+    /// Building is not quite pure: a wlc selector over a large pool links the
+    /// candidates' counts to its tree, so the newest selector built over them is
+    /// the one whose picks stay exact.
     pub fn build(algorithm: Algorithm, candidates: Vec<Candidate>, hash_seed: &str) -> Selector {
+        // The previous selector's tree stops hearing of changes; wlc relinks.
+        for c in &candidates {
+            c.active.unlink();
+        }
         let (pool, fail_open) = scheduling_pool(&candidates);
         let strategy = if pool.is_empty() {
             Strategy::Empty
