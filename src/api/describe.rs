@@ -126,12 +126,7 @@ pub fn listeners(p: &Params, config: &Config) -> Result<Json, ApiError> {
                 "Status": status(l),
                 "ListenerForward": "off",
             });
-            if let Some(d) = &l.spec.description {
-                item["Description"] = d.clone().into();
-            }
-            if let Some(port) = l.spec.backend_server_port {
-                item["BackendServerPort"] = port.into();
-            }
+            add_optional(&mut item, l);
             item
         })
         .collect();
@@ -141,6 +136,16 @@ pub fn listeners(p: &Params, config: &Config) -> Result<Json, ApiError> {
         "PageSize": size,
         "TotalCount": matching.len(),
     }))
+}
+
+/// The listener fields that are present only when set.
+fn add_optional(item: &mut Json, l: &Listener) {
+    if let Some(d) = &l.spec.description {
+        item["Description"] = d.clone().into();
+    }
+    if let Some(port) = l.spec.backend_server_port {
+        item["BackendServerPort"] = port.into();
+    }
 }
 
 /// `DescribeLoadBalancerAttribute`.
@@ -165,12 +170,7 @@ pub fn load_balancer(p: &Params, config: &Config) -> Result<Json, ApiError> {
         .map(|l| {
             let mut item =
                 json!({ "ListenerPort": l.spec.listener_port, "ListenerProtocol": "tcp" });
-            if let Some(d) = &l.spec.description {
-                item["Description"] = d.clone().into();
-            }
-            if let Some(port) = l.spec.backend_server_port {
-                item["BackendServerPort"] = port.into();
-            }
+            add_optional(&mut item, l);
             item
         })
         .collect();
