@@ -10,7 +10,8 @@
 //!   backend's accept queue in the microseconds between its last accept and the
 //!   close of its listener is reset by the kernel (a real backend going down does
 //!   the same). edgelb has forwarded the client's bytes by then and cannot replay
-//!   them elsewhere, so the client sees its connection closed with nothing echoed.
+//!   them elsewhere, so the client sees its connection closed (or reset, when it was
+//!   still sending) with nothing echoed.
 //!   Those are counted apart (`reset by a backend going down`) and must number no
 //!   more than the times a backend went down; every other failure fails the run.
 //! - Traffic: short connections (1..16 KiB echoed, half-close) and long bulk
@@ -172,13 +173,28 @@ async fn short_once(addr: SocketAddr, seed: u64, tally: &Tally) {
     };
     let mut got = Vec::with_capacity(len);
     let recv = r.read_to_end(&mut got);
-    match tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(send, recv) }).await {
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(send, recv) }).await;
+    match outcome {
         Ok((Ok(()), Ok(_))) => classify(&payload, &got, tally),
+        // Reset before anything was echoed: the client was still sending when the
+        // backend's kernel reset the connection (see the module doc), so edgelb
+        // closed it; the same signature as an empty echo.
+        Ok((s, r))
+            if got.is_empty() && (is_reset(s.as_ref().err()) || is_reset(r.as_ref().err())) =>
+        {
+            classify(&payload, &got, tally)
+        }
         _ => {
             tally.io_errors.fetch_add(1, Ordering::Relaxed);
         }
     }
     tally.short.fetch_add(1, Ordering::Relaxed);
+}
+
+fn is_reset(error: Option<&std::io::Error>) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
+    error.is_some_and(|e| matches!(e.kind(), ConnectionReset | BrokenPipe))
 }
 
 fn classify(sent: &[u8], got: &[u8], tally: &Tally) {
