@@ -5,13 +5,9 @@ use super::actions::{listener_key, read, LISTENER_PORT, LOAD_BALANCER_ID};
 use super::params::Params;
 use super::servers::servers_json;
 use super::ApiError;
-use crate::config::{rules, Config, Listener, Param, Status};
+use crate::config::{rules, Config, Listener, Param, Status, DESCRIPTION};
 use serde_json::{json, Value as Json};
 
-const DESCRIPTION: Param = Param {
-    key: "description",
-    api: "Description",
-};
 const PAGE_NUMBER: Param = Param {
     key: "page_number",
     api: "PageNumber",

@@ -7,30 +7,10 @@ use super::params::{self, toml_value, JsonFields, Params};
 use super::{ApiError, Control};
 use crate::config::{
     rules, validate_backend_server, BackendServer, Config, ConfigError, Param, Reader,
+    BACKEND_SERVERS, IP, PORT, SERVER_ID, WEIGHT,
 };
 use serde_json::{json, Value as Json};
 use toml_edit::{ArrayOfTables, Item, Table};
-
-const BACKEND_SERVERS: Param = Param {
-    key: "backend_servers",
-    api: "BackendServers",
-};
-const SERVER_ID: Param = Param {
-    key: "server_id",
-    api: "ServerId",
-};
-const IP: Param = Param {
-    key: "ip",
-    api: "Ip",
-};
-const PORT: Param = Param {
-    key: "port",
-    api: "Port",
-};
-const WEIGHT: Param = Param {
-    key: "weight",
-    api: "Weight",
-};
 
 /// A JSON value as the file would hold it (typing text numbers of integer fields).
 fn json_to_toml(api: &str, value: &Json) -> toml_edit::Value {

@@ -13,6 +13,8 @@ mod validate;
 pub use error::{line_col, Code, ConfigError, Diagnostics, Span};
 pub use fields::{Field, Fields, Param, Raw, Reader, TomlFields};
 pub use validate::{validate_backend_server, validate_listener_spec, LISTENER_PARAMS};
+/// Parameters the control API names beyond the listener's (same key, same API name).
+pub use validate::{BACKEND_SERVERS, DESCRIPTION, IP, PORT, SERVER_ID, WEIGHT};
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

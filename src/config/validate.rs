@@ -35,6 +35,11 @@ pub const BACKEND_SERVER_PORT: Param = p("backend_server_port", "BackendServerPo
 pub const HC_CONNECT_PORT: Param = p("health_check_connect_port", "HealthCheckConnectPort");
 pub const EIP_TRANSMIT: Param = p("eip_transmit", "EipTransmit");
 pub const STATUS: Param = p("status", "Status");
+pub const BACKEND_SERVERS: Param = p("backend_servers", "BackendServers");
+pub const SERVER_ID: Param = p("server_id", "ServerId");
+pub const IP: Param = p("ip", "Ip");
+pub const PORT: Param = p("port", "Port");
+pub const WEIGHT: Param = p("weight", "Weight");
 
 /// Every listener parameter, in API order (the control API maps names with it).
 pub const LISTENER_PARAMS: [Param; 18] = [
@@ -479,7 +484,7 @@ fn load_balancer(table: &Table, errors: &mut Vec<ConfigError>) -> Option<LoadBal
         None => defaults::LB_ADDRESS.parse::<IpAddr>().ok(),
         Some(s) => s.parse::<IpAddr>().ok(),
     };
-    let servers_param = p("backend_servers", "BackendServers");
+    let servers_param = BACKEND_SERVERS;
     r.field(&servers_param);
     r.finish();
     let servers: Vec<(BackendServer, Span)> =
@@ -506,12 +511,12 @@ fn ip_rule(s: &str) -> Result<(), String> {
 
 /// Validates one backend server (from the file or from an API call).
 pub fn validate_backend_server<F: Fields>(r: &mut Reader<'_, '_, F>) -> Option<BackendServer> {
-    let server_id = r.required_string(&p("server_id", "ServerId"), rules::id);
-    let ip = r.required_string(&p("ip", "Ip"), ip_rule);
-    let port_param = p("port", "Port");
+    let server_id = r.required_string(&SERVER_ID, rules::id);
+    let ip = r.required_string(&IP, ip_rule);
+    let port_param = PORT;
     let port = r.int(&port_param, PORTS);
     let port_ok = port.is_some() || !has(r, &port_param);
-    let weight = r.int_or(&p("weight", "Weight"), 0..=100, defaults::WEIGHT);
+    let weight = r.int_or(&WEIGHT, 0..=100, defaults::WEIGHT);
     port_ok.then_some(())?;
     Some(BackendServer {
         server_id: server_id?,
