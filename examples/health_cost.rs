@@ -1,10 +1,13 @@
 //! What health checks cost: 2,000 TCP targets (20 listeners x 100 backends) probed
-//! every second against loopback listeners, and the CPU the balancer's runtime
-//! threads spend on it (utime + stime from /proc, as a share of one core).
+//! every second against loopback listeners, and the CPU the balancer's threads
+//! spend on it (utime + stime from /proc, as a share of one core).
 //!
 //! Run: `cargo run --release --example health_cost [SECONDS]` (Linux; default 15 s
 //! measured after a 3 s warm-up). The backends accept on their own thread, which is
-//! not counted.
+//! not counted; on loopback the kernel still runs their half of every handshake
+//! inside the balancer's system calls. `scripts/health_cost.sh` also runs it with
+//! the backends in another network namespace (`serve`, `--backends`), and counts
+//! the kernel thread that receives the balancer's packets (`--count-thread`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use edgelb::config::Config;
@@ -17,6 +20,8 @@ const LISTENERS: u16 = 20;
 const BACKENDS: usize = 100;
 const BACKEND_PORTS: usize = 10;
 const WORKER_NAME: &str = "lb-worker";
+/// The balancer's threads: its runtime workers and the one the checks run on.
+const MEASURED: [&str; 2] = [WORKER_NAME, "edgelb-health"];
 
 /// Loopback listeners that accept and drop, on a thread of their own.
 fn start_backends() -> Vec<SocketAddr> {
@@ -67,7 +72,7 @@ fn config(backends: &[SocketAddr]) -> Config {
     Config::parse(&text, None).unwrap()
 }
 
-/// (utime, stime) of the balancer's worker threads, in clock ticks.
+/// (utime, stime) of the balancer's threads, in clock ticks.
 fn worker_ticks() -> (u64, u64) {
     let mut total = (0, 0);
     for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
@@ -77,7 +82,7 @@ fn worker_ticks() -> (u64, u64) {
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
             continue;
         };
-        if &stat[open + 1..close] != WORKER_NAME {
+        if !MEASURED.contains(&&stat[open + 1..close]) {
             continue;
         }
         // Fields after the name: state is field 3; utime and stime are 14 and 15.
@@ -97,11 +102,65 @@ fn probes(server: &Server) -> u64 {
         .sum()
 }
 
+/// (utime, stime) of another thread or process, in clock ticks.
+fn ticks_of(pid: u32) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("thread to count");
+    let close = stat.rfind(')').unwrap();
+    let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+    (fields[11].parse().unwrap(), fields[12].parse().unwrap())
+}
+
+fn failures(server: &Server) -> u64 {
+    server
+        .runtimes()
+        .iter()
+        .flat_map(|r| r.backend_states())
+        .map(|b| b.checks.failures())
+        .sum()
+}
+
+/// `serve FIRST_PORT`: the backends alone, on all addresses, ports FIRST_PORT and
+/// up (for a run with the backends in another network namespace).
+fn serve(first_port: u16) -> ! {
+    let listeners: Vec<_> = (0..BACKEND_PORTS as u16)
+        .map(|i| std::net::TcpListener::bind(("0.0.0.0", first_port + i)).unwrap())
+        .collect();
+    let threads: Vec<_> = listeners
+        .into_iter()
+        .map(|l| {
+            std::thread::spawn(move || loop {
+                drop(l.accept());
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    std::process::exit(1)
+}
+
 fn main() {
-    let seconds: u64 = std::env::args()
-        .nth(1)
-        .map_or(15, |s| s.parse().expect("SECONDS"));
-    let backends = start_backends();
+    let mut args = std::env::args().skip(1);
+    let mut seconds = 15;
+    let mut external: Option<Vec<SocketAddr>> = None;
+    let mut also: Vec<u32> = Vec::new();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "serve" => serve(
+                args.next()
+                    .expect("FIRST_PORT")
+                    .parse()
+                    .expect("FIRST_PORT"),
+            ),
+            "--backends" => {
+                let list = args.next().expect("--backends ADDR,...");
+                external = Some(list.split(',').map(|a| a.parse().expect("ADDR")).collect());
+            }
+            "--count-thread" => also.push(args.next().expect("PID").parse().expect("PID")),
+            s => seconds = s.parse().expect("SECONDS"),
+        }
+    }
+    let backends = external.unwrap_or_else(start_backends);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name(WORKER_NAME)
@@ -116,26 +175,48 @@ fn main() {
     std::thread::sleep(Duration::from_secs(3));
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let (t0, c0, p0) = (Instant::now(), worker_ticks(), probes(&server));
+    let other = || {
+        also.iter()
+            .map(|&p| ticks_of(p))
+            .fold(0, |a, t| a + t.0 + t.1)
+    };
+    let (t0, c0, p0, f0, o0) = (
+        Instant::now(),
+        worker_ticks(),
+        probes(&server),
+        failures(&server),
+        other(),
+    );
     std::thread::sleep(Duration::from_secs(seconds));
-    let (t1, c1, p1) = (Instant::now(), worker_ticks(), probes(&server));
+    let (t1, c1, p1, f1, o1) = (
+        Instant::now(),
+        worker_ticks(),
+        probes(&server),
+        failures(&server),
+        other(),
+    );
     let wall = (t1 - t0).as_secs_f64();
     let (user, system) = ((c1.0 - c0.0) as f64 / hz, (c1.1 - c0.1) as f64 / hz);
     let cpu = user + system;
-    let failures: u64 = server
-        .runtimes()
-        .iter()
-        .flat_map(|r| r.backend_states())
-        .map(|b| b.checks.failures())
-        .sum();
-    println!(
-        "targets: {}, probes/s: {:.0}, failures: {failures}, cpu: {:.2} s (user {user:.2}, system {system:.2}) over {:.1} s = {:.1}% of one core",
+    print!(
+        "targets: {}, probes/s: {:.0}, failed: {} (before: {f0}), cpu: {:.2} s (user {user:.2}, system {system:.2}) over {:.1} s = {:.1}% of one core",
         usize::from(LISTENERS) * BACKENDS,
         (p1 - p0) as f64 / wall,
+        f1 - f0,
         cpu,
         wall,
         100.0 * cpu / wall
     );
+    if also.is_empty() {
+        println!();
+    } else {
+        let more = (o1 - o0) as f64 / hz;
+        println!(
+            "; with threads {also:?}: {:.2} s more = {:.1}%",
+            more,
+            100.0 * (cpu + more) / wall
+        );
+    }
     drop(server);
     rt.shutdown_timeout(Duration::from_secs(1));
 }

@@ -41,3 +41,4 @@ pub mod server;
 pub mod snapshot;
 #[cfg(target_os = "linux")]
 pub mod splice;
+pub mod workers;

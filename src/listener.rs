@@ -161,10 +161,13 @@ pub async fn accept_loop(
                 .tcp_nodelay()
                 .unwrap_or(false),
     };
+    // Registered with the token once, not once per connection.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         let accepted = tokio::select! {
             biased;
-            () = stop.cancelled() => break,
+            () = &mut stopped => break,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -178,7 +181,7 @@ pub async fn accept_loop(
                 // backlog; pause instead of spinning on the same error.
                 tracing::warn!(listener = %runtime.listener_port, error = %e, pause_ms = backoff.as_millis() as u64, "accept failed; pausing");
                 tokio::select! {
-                    () = stop.cancelled() => break,
+                    () = &mut stopped => break,
                     () = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);

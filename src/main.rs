@@ -6,6 +6,7 @@ use edgelb::admin::{self, AdminState};
 use edgelb::api::{Control, ReloadError};
 use edgelb::config::Config;
 use edgelb::server::Server;
+use edgelb::workers::Workers;
 use edgelb::{demo, metrics};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -34,6 +35,8 @@ enum Command {
         /// The listener file (TOML).
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        #[command(flatten)]
+        workers: WorkersArg,
     },
     /// Validate FILE and print every error found, one per line; binds nothing.
     Check {
@@ -43,7 +46,25 @@ enum Command {
     },
     /// Start three HTTP backends on loopback and a listener on 127.0.0.1:8080 (or
     /// the next free port) in front of them, with the admin server.
-    Demo,
+    Demo {
+        #[command(flatten)]
+        workers: WorkersArg,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct WorkersArg {
+    /// Threads that accept and serve connections, each with its own socket per
+    /// listener [default: TOKIO_WORKER_THREADS, else one per core].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
+}
+
+impl WorkersArg {
+    fn count(&self) -> usize {
+        self.workers
+            .map_or_else(edgelb::workers::default_count, usize::from)
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,8 +83,8 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config } => match Config::load(&config) {
-            Ok(loaded) => with_runtime(serve(config, loaded, None)),
+        Command::Run { config, workers } => match Config::load(&config) {
+            Ok(loaded) => with_runtime(serve(config, loaded, None, workers.count())),
             Err(diagnostics) => {
                 for line in diagnostics.lines() {
                     eprintln!("{line}");
@@ -71,7 +92,7 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_INVALID_CONFIG)
             }
         },
-        Command::Demo => with_runtime(run_demo()),
+        Command::Demo { workers } => with_runtime(run_demo(workers.count())),
     }
 }
 
@@ -90,9 +111,10 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// The process's own runtime, on the main thread: admin server, control API,
+/// signals, health checks. Connections run on the workers (`edgelb::workers`).
 fn with_runtime(work: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    // Worker threads: TOKIO_WORKER_THREADS, else one per core.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -134,7 +156,12 @@ fn check(path: &Path) -> ExitCode {
 }
 
 /// Serves `config` until SIGTERM/SIGINT, reloading `path` on SIGHUP.
-async fn serve(path: PathBuf, config: Config, banner: Option<String>) -> anyhow::Result<()> {
+async fn serve(
+    path: PathBuf,
+    config: Config,
+    banner: Option<String>,
+    workers: usize,
+) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
@@ -155,7 +182,12 @@ async fn serve(path: PathBuf, config: Config, banner: Option<String>) -> anyhow:
         tracing::info!(address = %addr, "admin server listening");
         tokio::spawn(admin::serve(socket, state.clone(), stop_admin.clone()));
     }
-    let server = Arc::new(Server::start(&config)?);
+    let workers = Workers::spawn(workers).context("cannot start the worker threads")?;
+    let server = Arc::new(Server::start_with(
+        &config,
+        edgelb::listener::default_binder(),
+        workers,
+    )?);
     let control = Arc::new(Control::new(path.clone(), server.clone(), config.clone()));
     state.set_server(server.clone());
     state.set_control(control.clone());
@@ -204,7 +236,7 @@ async fn reload(path: &Path, control: &Control) {
     }
 }
 
-async fn run_demo() -> anyhow::Result<()> {
+async fn run_demo(workers: usize) -> anyhow::Result<()> {
     let backends = demo::start_backends()
         .await
         .context("cannot start the demo backends")?;
@@ -216,7 +248,7 @@ async fn run_demo() -> anyhow::Result<()> {
     let config = Config::parse(&text, None)
         .map_err(|errors| anyhow::anyhow!("demo config invalid: {errors:?}"))?;
     let banner = demo::banner(port, admin_port, &path);
-    let result = serve(path.clone(), config, Some(banner)).await;
+    let result = serve(path.clone(), config, Some(banner), workers).await;
     let _ = std::fs::remove_file(&path);
     result
 }

@@ -5,6 +5,7 @@ use crate::config::{Config, Global, Listener};
 use crate::health;
 use crate::listener::{self, accept_loop, Binder, ConnectionLimit, Shared};
 use crate::snapshot::ListenerRuntime;
+use crate::workers::Workers;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
@@ -41,6 +42,7 @@ struct Entry {
 pub struct Server {
     shared: Arc<Shared>,
     binder: Binder,
+    workers: Workers,
     state: Mutex<State>,
 }
 
@@ -59,6 +61,17 @@ impl Server {
 
     /// As [`Server::start`], with another way to get sockets (tests bind port 0).
     pub fn start_with_binder(config: &Config, binder: Binder) -> Result<Server, BindError> {
+        Self::start_with(config, binder, Workers::current())
+    }
+
+    /// As [`Server::start_with_binder`], serving connections on `workers`: each
+    /// listener binds one socket per worker (the first through `binder`, the others
+    /// with `SO_REUSEPORT` on the address it got).
+    pub fn start_with(
+        config: &Config,
+        binder: Binder,
+        workers: Workers,
+    ) -> Result<Server, BindError> {
         let max = match config.global.max_connections {
             0 => listener::derived_max_connections(),
             n => n,
@@ -69,10 +82,11 @@ impl Server {
                 tracker: TaskTracker::new(),
             }),
             binder,
+            workers,
             state: Mutex::new(State {
                 global: config.global.clone(),
                 listeners: HashMap::new(),
-                checks: health::Checks::default(),
+                checks: health::Checks::start(),
             }),
         };
         server.apply(config)?;
@@ -98,13 +112,13 @@ impl Server {
             if current.is_some_and(|a| a.configured == l.bind) {
                 continue;
             }
-            let socket = (self.binder)(l.bind).map_err(|source| BindError {
+            let sockets = self.bind_all(l.bind).map_err(|source| BindError {
                 load_balancer_id: l.spec.load_balancer_id.clone(),
                 listener_port: l.spec.listener_port,
                 address: l.bind,
                 source,
             })?;
-            bound.insert(key, socket);
+            bound.insert(key, sockets);
         }
         state.global = config.global.clone();
         let global = state.global.clone();
@@ -128,35 +142,50 @@ impl Server {
             state.checks.sync(&entry.runtime, l);
             if !l.is_running() {
                 stop_accepting(&key, entry);
-            } else if let Some(socket) = bound.remove(&key) {
+            } else if let Some(sockets) = bound.remove(&key) {
                 stop_accepting(&key, entry);
-                entry.accepting = Some(self.spawn_accept(socket, l.bind, &entry.runtime));
+                entry.accepting = Some(self.spawn_accept(sockets, l.bind, &entry.runtime));
             }
         }
         Ok(())
     }
 
+    /// One socket per worker: the first from the binder, the others on the address
+    /// it got (so port 0 works), sharing it through `SO_REUSEPORT`.
+    fn bind_all(&self, addr: SocketAddr) -> io::Result<Vec<std::net::TcpListener>> {
+        let first = (self.binder)(addr)?;
+        let local = first.local_addr()?;
+        let mut sockets = Vec::with_capacity(self.workers.len());
+        sockets.push(first);
+        for _ in 1..self.workers.len() {
+            sockets.push(listener::bind(local)?);
+        }
+        Ok(sockets)
+    }
+
     fn spawn_accept(
         &self,
-        socket: std::net::TcpListener,
+        sockets: Vec<std::net::TcpListener>,
         configured: SocketAddr,
         runtime: &Arc<ListenerRuntime>,
     ) -> Accepting {
-        let local = socket.local_addr().unwrap_or(configured);
+        let local = sockets
+            .first()
+            .and_then(|s| s.local_addr().ok())
+            .unwrap_or(configured);
         let stop = CancellationToken::new();
-        match tokio::net::TcpListener::from_std(socket) {
-            Ok(listener) => {
-                tracing::info!(load_balancer_id = %runtime.load_balancer_id, listener = runtime.listener_port, address = %local, "listening");
-                tokio::spawn(accept_loop(
-                    listener,
-                    runtime.clone(),
-                    self.shared.clone(),
-                    stop.clone(),
-                ));
-            }
-            Err(e) => {
-                tracing::error!(load_balancer_id = %runtime.load_balancer_id, listener = runtime.listener_port, error = %e, "cannot register the listening socket");
-            }
+        tracing::info!(load_balancer_id = %runtime.load_balancer_id, listener = runtime.listener_port, address = %local, sockets = sockets.len(), "listening");
+        for (socket, worker) in sockets.into_iter().zip(self.workers.handles()) {
+            let (runtime, shared, stop) = (runtime.clone(), self.shared.clone(), stop.clone());
+            // Registered with the worker's own reactor, from the worker.
+            worker.spawn(async move {
+                match tokio::net::TcpListener::from_std(socket) {
+                    Ok(listener) => accept_loop(listener, runtime, shared, stop).await,
+                    Err(e) => {
+                        tracing::error!(load_balancer_id = %runtime.load_balancer_id, listener = runtime.listener_port, error = %e, "cannot register the listening socket");
+                    }
+                }
+            });
         }
         Accepting {
             configured,

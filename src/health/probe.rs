@@ -5,11 +5,9 @@
 //! in TIME_WAIT on the balancer. The HTTP probe resets too, after the response head.
 //!
 //! A TCP probe is nearly all kernel time, so it makes as few system calls as it
-//! can: socket (non-blocking from the start), SO_LINGER, connect, close. A handshake
-//! with a near backend (loopback, the same host or rack) has often completed by
-//! the time `connect` returns `EINPROGRESS`, and a second `connect` says so; only
-//! a handshake still under way is handed to the reactor (epoll add, wake-up, del)
-//! and awaited under the timeout.
+//! can: its socket is kept from one probe to the next (see [`Prober`]), and a probe
+//! is `connect`, usually a second `connect` that reports the outcome, and a
+//! disconnect that sends the reset.
 
 use super::{HttpCheck, Probe, Target};
 use crate::config::HttpCodes;
@@ -21,7 +19,8 @@ use hyper_util::rt::TokioIo;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 /// Why a probe failed (logged at debug, and with the transition it causes).
@@ -41,27 +40,62 @@ pub enum ProbeError {
     Status { status: u16, accepted: String },
 }
 
-/// Runs one probe of `target`: `Ok` when the backend passes.
-pub async fn probe(target: &Target) -> Result<(), ProbeError> {
-    let attempt = async {
-        match &target.probe {
-            // Success is the handshake; dropping the socket sends the reset.
-            Probe::Tcp => match start_tcp(target.addr).map_err(ProbeError::Connect)? {
-                None => Ok(()),
-                Some(pending) => finish_tcp(pending).await,
-            },
-            Probe::Http(check) => http(target.addr, check).await,
+/// Probes one target, keeping its TCP probe socket between probes.
+///
+/// A passing TCP probe leaves the socket disconnected (`connect(AF_UNSPEC)`, which
+/// resets an established connection) rather than closed, and the next probe
+/// connects it again: no socket, file or epoll registration is made or torn down
+/// per probe. A failed or timed-out probe drops its socket (a reset if it got that
+/// far) and the next one starts afresh. A healthy TCP-checked backend therefore
+/// holds one descriptor between probes.
+#[derive(Default)]
+pub struct Prober {
+    /// The kept socket, and whether it is IPv6.
+    tcp: Option<(socket2::Socket, bool)>,
+}
+
+impl Prober {
+    /// Runs one probe of `target`: `Ok` when the backend passes.
+    pub async fn probe(&mut self, target: &Target) -> Result<(), ProbeError> {
+        let attempt = async {
+            match &target.probe {
+                Probe::Tcp => self.tcp(target.addr).await,
+                Probe::Http(check) => http(target.addr, check).await,
+            }
+        };
+        match tokio::time::timeout(target.timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(ProbeError::Timeout(target.timeout)),
         }
-    };
-    match tokio::time::timeout(target.timeout, attempt).await {
-        Ok(result) => result,
-        Err(_) => Err(ProbeError::Timeout(target.timeout)),
+    }
+
+    /// Success is the handshake. The socket is taken out for the probe, so a
+    /// timeout drops (closes) it, and put back only once disconnected.
+    async fn tcp(&mut self, addr: SocketAddr) -> Result<(), ProbeError> {
+        let socket = match self.tcp.take() {
+            Some((s, v6)) if v6 == addr.is_ipv6() => s,
+            _ => tcp_socket(addr).map_err(ProbeError::Connect)?,
+        };
+        let sockaddr = socket2::SockAddr::from(addr);
+        let socket = handshake(socket, &sockaddr)
+            .await
+            .map_err(ProbeError::Connect)?;
+        if disconnect(&socket).is_ok() {
+            self.tcp = Some((socket, addr.is_ipv6()));
+        }
+        Ok(())
+    }
+
+    /// The descriptor of the kept TCP socket, if any (for tests).
+    #[cfg(test)]
+    fn kept_fd(&self) -> Option<i32> {
+        use std::os::fd::AsRawFd;
+        self.tcp.as_ref().map(|(s, _)| s.as_raw_fd())
     }
 }
 
-/// Starts a TCP probe: `None` when the handshake is already done (the socket is
-/// closed with a reset on return), else the socket whose handshake is under way.
-fn start_tcp(addr: SocketAddr) -> io::Result<Option<socket2::Socket>> {
+/// A non-blocking TCP socket that resets when closed.
+fn tcp_socket(addr: SocketAddr) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(
         Domain::for_address(addr),
@@ -69,32 +103,72 @@ fn start_tcp(addr: SocketAddr) -> io::Result<Option<socket2::Socket>> {
         Some(Protocol::TCP),
     )?;
     linger_zero((&socket).into(), addr);
-    let addr = addr.into();
-    match socket.connect(&addr) {
-        Ok(()) => return Ok(None),
+    Ok(socket)
+}
+
+/// Connects and waits for the handshake. A handshake with a near backend
+/// (loopback, the same host or rack) has often completed by the time `connect`
+/// returns `EINPROGRESS`; Linux answers a second `connect` with the outcome (0 or
+/// `EISCONN` once established, the error once failed, `EALREADY` while under
+/// way), so that is asked first. Only a handshake still under way is registered
+/// with the reactor, for this wait alone: tokio keeps a hang-up as a final state,
+/// and the disconnected socket signals one, so a registration kept across probes
+/// would report it ready forever.
+async fn handshake(
+    socket: socket2::Socket,
+    addr: &socket2::SockAddr,
+) -> io::Result<socket2::Socket> {
+    match socket.connect(addr) {
+        Ok(()) => return Ok(socket),
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(e) => return Err(e),
     }
-    // Linux answers a second connect with the outcome: 0 once established, the
-    // error (refused, unreachable) once failed, EALREADY while still in progress.
-    match socket.connect(&addr) {
-        Ok(()) => Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::EISCONN) => Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::EALREADY) => Ok(Some(socket)),
-        Err(e) => Err(e),
+    match connect_outcome(&socket, addr) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        outcome => return outcome.map(|()| socket),
+    }
+    // SAFETY: the socket owns its descriptor, open and the same for as long as the
+    // `AsyncFd` holds it.
+    let socket = unsafe { AsyncFd::register_with_interest(socket, Interest::WRITABLE) }?;
+    loop {
+        let mut ready = socket.writable().await?;
+        if let Ok(outcome) = ready.try_io(|s| connect_outcome(s.get_ref(), addr)) {
+            outcome?;
+            break;
+        }
+    }
+    Ok(socket.into_inner())
+}
+
+fn connect_outcome(socket: &socket2::Socket, addr: &socket2::SockAddr) -> io::Result<()> {
+    match socket.connect(addr) {
+        Ok(()) => Ok(()),
+        Err(e) => match e.raw_os_error() {
+            Some(libc::EISCONN) => Ok(()),
+            Some(libc::EALREADY) => Err(io::ErrorKind::WouldBlock.into()),
+            _ => Err(e),
+        },
     }
 }
 
-/// Waits for a handshake under way, as tokio's own connect does: writable, then
-/// no pending error and a peer.
-async fn finish_tcp(socket: socket2::Socket) -> Result<(), ProbeError> {
-    let stream = TcpStream::from_std(socket.into()).map_err(ProbeError::Connect)?;
-    stream.writable().await.map_err(ProbeError::Connect)?;
-    if let Some(e) = stream.take_error().map_err(ProbeError::Connect)? {
-        return Err(ProbeError::Connect(e));
+/// `connect(AF_UNSPEC)`: Linux's `tcp_disconnect`, which resets an established
+/// connection (as close with SO_LINGER 0 would) and leaves the socket unconnected
+/// and ready to connect again, its ephemeral port released.
+fn disconnect(socket: &socket2::Socket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let unspec = libc::sockaddr {
+        sa_family: libc::AF_UNSPEC as libc::sa_family_t,
+        sa_data: [0; 14],
+    };
+    let len = std::mem::size_of::<libc::sockaddr>() as libc::socklen_t;
+    // SAFETY: `unspec` is a valid sockaddr of `len` bytes for the call's duration,
+    // and the descriptor is owned by `socket`.
+    let rc = unsafe { libc::connect(socket.as_raw_fd(), &raw const unspec, len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
-    stream.peer_addr().map_err(ProbeError::Connect)?;
-    Ok(())
 }
 
 /// A zero linger never blocks the thread on close (the reason tokio deprecates
@@ -236,7 +310,7 @@ mod tests {
     async fn tcp_probe_passes_and_resets() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let target = tcp_target(l.local_addr().unwrap(), Duration::from_secs(5));
-        probe(&target).await.unwrap();
+        Prober::default().probe(&target).await.unwrap();
         let (mut accepted, _) = l.accept().unwrap();
         let mut buf = [0u8; 1];
         let e = std::io::Read::read(&mut accepted, &mut buf).unwrap_err();
@@ -249,14 +323,18 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let got = probe(&tcp_target(addr, Duration::from_secs(5))).await;
+        let got = Prober::default()
+            .probe(&tcp_target(addr, Duration::from_secs(5)))
+            .await;
         assert!(matches!(got, Err(ProbeError::Connect(_))), "{got:?}");
     }
 
     #[tokio::test]
     async fn tcp_probe_still_in_progress_waits_then_times_out() {
         let (_l, addr, _fill) = full_listener();
-        let got = probe(&tcp_target(addr, Duration::from_millis(200))).await;
+        let got = Prober::default()
+            .probe(&tcp_target(addr, Duration::from_millis(200)))
+            .await;
         assert!(matches!(got, Err(ProbeError::Timeout(_))), "{got:?}");
     }
 
@@ -281,9 +359,72 @@ mod tests {
                 }
             }
         });
-        let got = probe(&tcp_target(addr, Duration::from_secs(10))).await;
+        let got = Prober::default()
+            .probe(&tcp_target(addr, Duration::from_secs(10)))
+            .await;
         done.store(true, Ordering::Relaxed);
         accepting.join().unwrap();
         got.unwrap();
+    }
+
+    #[tokio::test]
+    async fn tcp_probe_socket_is_kept_and_reset_each_time() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = tcp_target(l.local_addr().unwrap(), Duration::from_secs(5));
+        let mut prober = Prober::default();
+        prober.probe(&target).await.unwrap();
+        let fd = prober.kept_fd().expect("socket kept after a pass");
+        prober.probe(&target).await.unwrap();
+        assert_eq!(prober.kept_fd(), Some(fd), "the same socket probes again");
+        let mut ports = Vec::new();
+        for _ in 0..2 {
+            let (mut accepted, peer) = l.accept().unwrap();
+            ports.push(peer.port());
+            let e = std::io::Read::read(&mut accepted, &mut [0u8; 1]).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+        }
+        assert_ne!(ports[0], ports[1], "a fresh ephemeral port per probe");
+    }
+
+    #[tokio::test]
+    async fn tcp_probe_socket_is_dropped_on_failure_and_made_again() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let target = tcp_target(addr, Duration::from_secs(5));
+        let mut prober = Prober::default();
+        prober.probe(&target).await.unwrap();
+        assert!(prober.kept_fd().is_some());
+        drop(l);
+        let got = prober.probe(&target).await;
+        assert!(matches!(got, Err(ProbeError::Connect(_))), "{got:?}");
+        assert_eq!(prober.kept_fd(), None, "a failed probe keeps nothing");
+        let _l = std::net::TcpListener::bind(addr).unwrap();
+        prober.probe(&target).await.unwrap();
+        assert!(prober.kept_fd().is_some());
+    }
+
+    #[tokio::test]
+    async fn tcp_probe_follows_a_change_of_address_family() {
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let v6 = std::net::TcpListener::bind("[::1]:0").unwrap();
+        let mut prober = Prober::default();
+        let timeout = Duration::from_secs(5);
+        prober
+            .probe(&tcp_target(v4.local_addr().unwrap(), timeout))
+            .await
+            .unwrap();
+        prober
+            .probe(&tcp_target(v6.local_addr().unwrap(), timeout))
+            .await
+            .unwrap();
+        prober
+            .probe(&tcp_target(v4.local_addr().unwrap(), timeout))
+            .await
+            .unwrap();
+        for l in [&v4, &v4, &v6] {
+            let (mut accepted, _) = l.accept().unwrap();
+            let e = std::io::Read::read(&mut accepted, &mut [0u8; 1]).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+        }
     }
 }

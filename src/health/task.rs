@@ -121,6 +121,7 @@ impl ProbeLoop {
         let epoch = epoch();
         let mut next = Instant::now();
         let mut first = true;
+        let mut prober = probe::Prober::default();
         loop {
             tokio::select! {
                 biased;
@@ -144,7 +145,7 @@ impl ProbeLoop {
             let result = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => return,
-                r = probe::probe(&target) => r,
+                r = prober.probe(&target) => r,
             };
             self.record(&mut state, &target, result);
             let now = Instant::now();
