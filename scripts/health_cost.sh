@@ -64,8 +64,9 @@ napi=$(pgrep -x "napi/$near-.*" | head -1 || true)
 backends=$(seq -s, -f "10.231.0.2:%g" "$port" $((port + 9)))
 for _ in $(seq "$runs"); do
     "$bin" "$secs" --backends "$backends" --count-thread "$napi" | tee /dev/stderr |
-        sed -E 's/.*: ([0-9.]+) s more = ([0-9.]+)%.*/\2/'
+        sed -E 's/.* = ([0-9.]+)% of one core.* = ([0-9.]+)%.*/\1 \2/'
 done 2>&1 >/tmp/edgelb-hc-netns | cat
-netns=$(median </tmp/edgelb-hc-netns)
+alone=$(cut -d' ' -f1 </tmp/edgelb-hc-netns | median)
+netns=$(cut -d' ' -f2 </tmp/edgelb-hc-netns | median)
 
-echo "median of $runs runs: loopback ${loopback}% of one core; backends in a namespace ${netns}% (with the receive thread)"
+echo "median of $runs runs, % of one core: loopback ${loopback}; backends in a namespace ${alone} (the balancer's threads), ${netns} (with its receive thread)"
