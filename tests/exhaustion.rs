@@ -149,3 +149,81 @@ async fn out_of_descriptors_refuses_cleanly_does_not_spin_and_recovers() {
     })
     .await;
 }
+
+/// Answers every request with `200 OK` and closes.
+async fn http_ok_backend() -> Backend {
+    serve(|mut stream| async move {
+        let mut buf = [0u8; 1024];
+        let _ = stream.read(&mut buf).await;
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_descriptors_does_not_fail_the_backends_health_checks() {
+    let backend = echo_backend().await;
+    let health = http_ok_backend().await;
+    let port = free_port();
+    let text = config_text(
+        &[("b1", backend.addr, 100)],
+        "max_connections = 100000",
+        // An HTTP probe needs a new socket every second.
+        &format!(
+            "health_check_type = \"http\"\nhealth_check_uri = \"/health\"\nhealth_check_interval = 1\nhealth_check_connect_timeout = 1\nunhealthy_threshold = 2\nhealth_check_connect_port = {}",
+            health.addr.port()
+        ),
+    )
+    .replace("listener_port = 80", &format!("listener_port = {port}"));
+    let mut lb = Edgelb::start(
+        &text,
+        Options {
+            nofile: Some(NOFILE),
+            ..Options::default()
+        },
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    lb.wait_listening(addr);
+    wait_until("the backend checked healthy", || {
+        lb.log_text().contains("to=healthy")
+    })
+    .await;
+
+    // Every descriptor taken by proxied connections (and a leftover one by a client
+    // that the balancer had to close): probes cannot get a socket.
+    let mut held = Vec::new();
+    for _ in 0..NOFILE {
+        let (c, fate) = try_client(addr).await;
+        let waiting = matches!(fate, Fate::Waiting);
+        held.push(c);
+        if waiting {
+            break;
+        }
+    }
+    let probes_before = health.accepted();
+    // Three intervals: two failed probes in a row would turn the backend unhealthy.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let log = lb.log_text();
+    assert!(
+        log.contains("health probe not sent"),
+        "no probe was refused a socket (probes: {probes_before} -> {}):\n{log}",
+        health.accepted()
+    );
+    assert!(
+        !log.contains("to=unhealthy"),
+        "health failed the backend:\n{log}"
+    );
+
+    // Descriptors back: probes reach the backend again, which stayed healthy.
+    drop(held);
+    let reached = health.accepted();
+    wait_until("a probe after the shortage", || health.accepted() > reached).await;
+    let log = lb.log_text();
+    assert!(
+        !log.contains("to=unhealthy"),
+        "health failed the backend:\n{log}"
+    );
+    assert!(lb.is_running());
+}

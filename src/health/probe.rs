@@ -30,6 +30,10 @@ pub enum ProbeError {
     Timeout(Duration),
     #[error("connect: {0}")]
     Connect(io::Error),
+    /// This host, not the backend, lacked what a probe needs (descriptors, buffers,
+    /// a local port): the probe was not sent and says nothing about the backend.
+    #[error("not sent: {0}")]
+    Local(io::Error),
     #[error("sending the PROXY header: {0}")]
     ProxyHeader(io::Error),
     #[error("cannot build the request: {0}")]
@@ -74,12 +78,10 @@ impl Prober {
     async fn tcp(&mut self, addr: SocketAddr) -> Result<(), ProbeError> {
         let socket = match self.tcp.take() {
             Some((s, v6)) if v6 == addr.is_ipv6() => s,
-            _ => tcp_socket(addr).map_err(ProbeError::Connect)?,
+            _ => tcp_socket(addr).map_err(connect_error)?,
         };
         let sockaddr = socket2::SockAddr::from(addr);
-        let socket = handshake(socket, &sockaddr)
-            .await
-            .map_err(ProbeError::Connect)?;
+        let socket = handshake(socket, &sockaddr).await.map_err(connect_error)?;
         if disconnect(&socket).is_ok() {
             self.tcp = Some((socket, addr.is_ipv6()));
         }
@@ -171,6 +173,24 @@ fn disconnect(socket: &socket2::Socket) -> io::Result<()> {
     }
 }
 
+/// A failure to connect, told apart from a shortage on this host: out of
+/// descriptors (process or system), socket buffers, memory, or local ports.
+fn connect_error(e: io::Error) -> ProbeError {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL) => {
+            ProbeError::Local(e)
+        }
+        _ => ProbeError::Connect(e),
+    }
+}
+
+impl ProbeError {
+    /// Whether the probe could not be sent for want of local resources.
+    pub fn is_local(&self) -> bool {
+        matches!(self, ProbeError::Local(_))
+    }
+}
+
 /// A zero linger never blocks the thread on close (the reason tokio deprecates
 /// SO_LINGER): close sends a RST at once. A failure only costs a TIME_WAIT.
 fn linger_zero(socket: socket2::SockRef<'_>, addr: SocketAddr) {
@@ -180,9 +200,7 @@ fn linger_zero(socket: socket2::SockRef<'_>, addr: SocketAddr) {
 }
 
 async fn connect(addr: SocketAddr) -> Result<TcpStream, ProbeError> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(ProbeError::Connect)?;
+    let stream = TcpStream::connect(addr).await.map_err(connect_error)?;
     linger_zero((&stream).into(), addr);
     Ok(stream)
 }

@@ -24,7 +24,7 @@ use crate::snapshot::{
 };
 use siphasher::sip::SipHasher13;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -91,6 +91,18 @@ pub fn second_start(
 /// When the probe after one scheduled at `scheduled` (and ended at `now`) starts.
 pub fn next_start(scheduled: Instant, interval: Duration, now: Instant, epoch: Instant) -> Instant {
     (scheduled + interval).max(at_or_after(now, epoch, STEP))
+}
+
+/// At most one "probe not sent" warning per 5 s for the whole process: when the
+/// host runs out of descriptors every target hits it at once.
+fn local_warning_due() -> bool {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = crate::snapshot::unix_millis() / 1000;
+    let last = LAST.load(Ordering::Relaxed);
+    (last == 0 || now >= last + 5)
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 fn health_code(h: Health) -> u8 {
@@ -168,6 +180,16 @@ impl ProbeLoop {
         // Stopped while probing: the result no longer belongs to anyone.
         if self.stop.is_cancelled() {
             return;
+        }
+        // Not sent (this host is out of descriptors, say): no verdict on the
+        // backend, whose health and streak stay as they are.
+        if let Err(error) = &result {
+            if error.is_local() {
+                if local_warning_due() {
+                    tracing::warn!(load_balancer_id = %self.runtime.load_balancer_id, listener = self.runtime.listener_port, server_id = %self.backend.server_id, backend = %target.addr, %error, "health probe not sent; backend health unchanged (further such warnings within 5 s are not logged)");
+                }
+                return;
+            }
         }
         let ok = result.is_ok();
         self.backend.checks.record(ok);
