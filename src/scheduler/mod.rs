@@ -200,6 +200,20 @@ fn all_excluded(pool: &[u32], exclude: &[usize]) -> bool {
     pool.len() <= exclude.len() && pool.iter().all(|&i| exclude.contains(&(i as usize)))
 }
 
+/// The cursor position a pick starts from. A new connection (nothing excluded)
+/// takes the next turn; a retry walks on from the current one without using it
+/// up, so a dead backend still costs the rotation one turn per connection, not one
+/// per attempt (with two backends and one black-holed, every connection would
+/// otherwise try the dead one first).
+#[inline]
+fn turn(next: &AtomicUsize, exclude: &[usize]) -> usize {
+    if exclude.is_empty() {
+        next.fetch_add(1, Ordering::Relaxed)
+    } else {
+        next.load(Ordering::Relaxed)
+    }
+}
+
 /// Strict rotation in configuration order over the pool.
 struct RoundRobin {
     pool: Vec<u32>,
@@ -217,7 +231,7 @@ impl RoundRobin {
     #[inline]
     fn pick(&self, exclude: &[usize]) -> Option<usize> {
         let n = self.pool.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let start = turn(&self.next, exclude) % n;
         // Retries take the next backends in rotation order after the turn.
         (0..n)
             .map(|k| self.pool[(start + k) % n] as usize)
@@ -306,6 +320,22 @@ mod tests {
             let s = Selector::build(alg, c, "seed");
             assert!(!s.is_fail_open());
             assert!(picks(&s, 50).iter().all(|&i| i == 1), "{alg:?}");
+        }
+    }
+
+    #[test]
+    fn a_retry_does_not_use_up_a_turn() {
+        for alg in [Algorithm::Rr, Algorithm::Wrr] {
+            let c = vec![Candidate::new("a", 1, true), Candidate::new("b", 1, true)];
+            let s = Selector::build(alg, c, "seed");
+            // a is dead: each connection that meets it retries on b; the next
+            // connection still gets the turn after it.
+            assert_eq!(s.pick(&flow(), &[]), Some(0), "{alg:?}");
+            assert_eq!(s.pick(&flow(), &[0]), Some(1), "{alg:?}");
+            assert_eq!(s.pick(&flow(), &[]), Some(1), "{alg:?}");
+            assert_eq!(s.pick(&flow(), &[]), Some(0), "{alg:?}");
+            assert_eq!(s.pick(&flow(), &[0]), Some(1), "{alg:?}");
+            assert_eq!(s.pick(&flow(), &[]), Some(1), "{alg:?}");
         }
     }
 

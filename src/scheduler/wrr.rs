@@ -8,7 +8,7 @@
 //! give every backend exactly `k * weight`.
 
 use super::{all_excluded, Candidate};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 
 pub(super) struct SmoothWrr {
     /// One full cycle of candidate indices.
@@ -36,7 +36,7 @@ impl SmoothWrr {
     #[inline]
     pub(super) fn pick(&self, exclude: &[usize]) -> Option<usize> {
         let n = self.seq.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let start = super::turn(&self.next, exclude) % n;
         let first = self.seq[start] as usize;
         if !exclude.contains(&first) {
             return Some(first);
