@@ -6,6 +6,7 @@ mod status;
 pub use page::status_page;
 pub use status::status_json;
 
+use crate::listener::{is_per_connection_error, AcceptBackoff};
 use crate::metrics as m;
 use crate::server::Server;
 use http_body_util::Full;
@@ -101,14 +102,23 @@ impl AdminState {
 
 /// Serves the admin endpoints on `listener` until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
+    let mut backoff = AcceptBackoff::default();
     loop {
         let (stream, _) = tokio::select! {
             () = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok(ok) => ok,
+                Ok(ok) => {
+                    backoff.reset();
+                    ok
+                }
+                Err(e) if is_per_connection_error(&e) => continue,
                 Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let pause = backoff.next_pause();
+                    tracing::warn!(error = %e, pause_ms = pause.as_millis() as u64, "admin accept failed; pausing");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(pause) => {}
+                    }
                     continue;
                 }
             },

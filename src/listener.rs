@@ -17,6 +17,31 @@ pub const BACKLOG: i32 = 4096;
 /// First and longest pause after an accept error such as EMFILE.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The pause after an accept error that is not the connection's own (EMFILE,
+/// ENFILE, ENOBUFS, ENOMEM): the pending connection stays in the backlog, so the
+/// loop waits instead of spinning on the same error, 5 ms doubling to 1 s; a
+/// success starts over.
+pub struct AcceptBackoff(Duration);
+
+impl Default for AcceptBackoff {
+    fn default() -> Self {
+        AcceptBackoff(ACCEPT_BACKOFF_MIN)
+    }
+}
+
+impl AcceptBackoff {
+    pub fn reset(&mut self) {
+        self.0 = ACCEPT_BACKOFF_MIN;
+    }
+
+    /// The pause to take now; the next one is twice as long.
+    pub fn next_pause(&mut self) -> Duration {
+        let pause = self.0;
+        self.0 = (self.0 * 2).min(ACCEPT_BACKOFF_MAX);
+        pause
+    }
+}
 /// At most one "limit reached" warning per this many seconds.
 const WARN_EVERY_SECS: u64 = 5;
 
@@ -150,7 +175,7 @@ pub async fn accept_loop(
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
-    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut backoff = AcceptBackoff::default();
     let accepted_info = proxy::Accepted {
         local: listener
             .local_addr()
@@ -172,19 +197,17 @@ pub async fn accept_loop(
         };
         let (stream, peer) = match accepted {
             Ok(ok) => {
-                backoff = ACCEPT_BACKOFF_MIN;
+                backoff.reset();
                 ok
             }
             Err(e) if is_per_connection_error(&e) => continue,
             Err(e) => {
-                // EMFILE, ENFILE, ENOBUFS, ENOMEM: the pending connection stays in the
-                // backlog; pause instead of spinning on the same error.
-                tracing::warn!(listener = %runtime.listener_port, error = %e, pause_ms = backoff.as_millis() as u64, "accept failed; pausing");
+                let pause = backoff.next_pause();
+                tracing::warn!(listener = %runtime.listener_port, error = %e, pause_ms = pause.as_millis() as u64, "accept failed; pausing");
                 tokio::select! {
                     () = &mut stopped => break,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(pause) => {}
                 }
-                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
         };
@@ -208,11 +231,25 @@ pub async fn accept_loop(
 }
 
 /// Errors that concern one incoming connection only (it was reset before we took it).
-fn is_per_connection_error(e: &io::Error) -> bool {
+pub fn is_per_connection_error(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::ConnectionAborted
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::Interrupted
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_backoff_doubles_to_a_second_and_starts_over_after_a_success() {
+        let mut b = AcceptBackoff::default();
+        let ms: Vec<u128> = (0..10).map(|_| b.next_pause().as_millis()).collect();
+        assert_eq!(ms, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.next_pause(), Duration::from_millis(5));
+    }
 }

@@ -102,6 +102,8 @@ async fn out_of_descriptors_refuses_cleanly_does_not_spin_and_recovers() {
         c.write_all(b"x").await.unwrap();
         waiting.push(c);
     }
+    // The admin server cannot accept either: it backs off the same way.
+    let _admin_waiting = TcpStream::connect(("127.0.0.1", admin_port)).await.unwrap();
     // Exhausted: the accept loop must sleep between failures, not spin.
     let cpu_before = cpu_time(lb.pid());
     let wall = Instant::now();
@@ -129,6 +131,25 @@ async fn out_of_descriptors_refuses_cleanly_does_not_spin_and_recovers() {
     );
     // The back-off doubles from 5 ms to 1 s: about 9 pauses in 2 s, not thousands.
     assert!(pauses < 50, "{pauses} accept failures logged in ~2 s");
+    let admin_pauses: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("admin accept failed; pausing"))
+        .filter_map(|l| {
+            l.split("pause_ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        admin_pauses.len() >= 2
+            && admin_pauses
+                .windows(2)
+                .all(|w| w[1] == (w[0] * 2).min(1000)),
+        "the admin server does not back off, doubling: {admin_pauses:?}\n{log}"
+    );
 
     // Descriptors free up: every waiting client is served (its byte was sent).
     drop(served);
