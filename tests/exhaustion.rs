@@ -39,6 +39,20 @@ async fn try_client(addr: std::net::SocketAddr) -> (TcpStream, Fate) {
     (c, fate)
 }
 
+/// The binary on `text` under `RLIMIT_NOFILE = NOFILE`, listening on `port`.
+fn start_limited(text: &str, port: u16) -> (Edgelb, std::net::SocketAddr) {
+    let mut lb = Edgelb::start(
+        text,
+        Options {
+            nofile: Some(NOFILE),
+            ..Options::default()
+        },
+    );
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    lb.wait_listening(addr);
+    (lb, addr)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_refuses_cleanly_does_not_spin_and_recovers() {
     let backend = echo_backend().await;
@@ -55,15 +69,7 @@ async fn out_of_descriptors_refuses_cleanly_does_not_spin_and_recovers() {
         &format!("address = \"127.0.0.1:{admin_port}\""),
     )
     .replace("listener_port = 80", &format!("listener_port = {port}"));
-    let mut lb = Edgelb::start(
-        &text,
-        Options {
-            nofile: Some(NOFILE),
-            ..Options::default()
-        },
-    );
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    lb.wait_listening(addr);
+    let (mut lb, addr) = start_limited(&text, port);
     let baseline_fds = fd_count(lb.pid());
 
     // Fill every descriptor with proxied connections. When one is left over (an odd
@@ -103,7 +109,7 @@ async fn out_of_descriptors_refuses_cleanly_does_not_spin_and_recovers() {
         waiting.push(c);
     }
     // The admin server cannot accept either: it backs off the same way.
-    let _admin_waiting = TcpStream::connect(("127.0.0.1", admin_port)).await.unwrap();
+    let admin_waiting = TcpStream::connect(("127.0.0.1", admin_port)).await.unwrap();
     // Exhausted: the accept loop must sleep between failures, not spin.
     let cpu_before = cpu_time(lb.pid());
     let wall = Instant::now();
@@ -154,6 +160,7 @@ async fn out_of_descriptors_refuses_cleanly_does_not_spin_and_recovers() {
     // Descriptors free up: every waiting client is served (its byte was sent).
     drop(served);
     drop(admin_hold);
+    drop(admin_waiting);
     for mut c in waiting {
         let got = tokio::time::timeout(Duration::from_secs(10), read_n(&mut c, 1))
             .await
@@ -198,15 +205,7 @@ async fn running_out_of_descriptors_does_not_fail_the_backends_health_checks() {
         ),
     )
     .replace("listener_port = 80", &format!("listener_port = {port}"));
-    let mut lb = Edgelb::start(
-        &text,
-        Options {
-            nofile: Some(NOFILE),
-            ..Options::default()
-        },
-    );
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    lb.wait_listening(addr);
+    let (mut lb, addr) = start_limited(&text, port);
     wait_until("the backend checked healthy", || {
         lb.log_text().contains("to=healthy")
     })
