@@ -5,73 +5,9 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::process::{Edgelb, Options};
 use support::*;
-
-struct Proc {
-    child: Child,
-    config: std::path::PathBuf,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.config);
-    }
-}
-
-fn spawn(text: &str, name: &str) -> Proc {
-    let config =
-        std::env::temp_dir().join(format!("edgelb-life-{}-{name}.toml", std::process::id()));
-    std::fs::write(&config, text).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_edgelb"))
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    Proc { child, config }
-}
-
-fn signal(proc: &Proc, sig: i32) {
-    let pid = i32::try_from(proc.child.id()).unwrap();
-    // SAFETY: kill(2) on our own child.
-    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
-}
-
-/// Polls until `addr` accepts connections (readiness, not a fixed sleep).
-fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "{addr} never started listening");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn wait_exit(proc: &mut Proc, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = proc.child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "edgelb did not exit");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn stderr_of(proc: &mut Proc) -> String {
-    let mut s = String::new();
-    proc.child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut s)
-        .unwrap();
-    s
-}
 
 fn lb_file(backend: SocketAddr, port: u16, global: &str) -> String {
     config_text(&[("b1", backend, 100)], global, "")
@@ -108,14 +44,17 @@ fn echo_once(stream: &mut TcpStream, bytes: &[u8]) {
 fn sigterm_drains_open_connections_and_refuses_new_ones() {
     let backend = echo_thread_backend();
     let port = free_port();
-    let mut proc = spawn(&lb_file(backend, port, "drain_timeout = 30"), "drain");
+    let mut proc = Edgelb::start(
+        &lb_file(backend, port, "drain_timeout = 30"),
+        Options::default(),
+    );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(addr);
+    proc.wait_listening(addr);
     let mut open = TcpStream::connect(addr).unwrap();
     open.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     echo_once(&mut open, b"before");
-    signal(&proc, libc::SIGTERM);
+    proc.signal(libc::SIGTERM);
     // New connections are refused once the listening socket is closed...
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(addr).is_ok() {
@@ -124,12 +63,9 @@ fn sigterm_drains_open_connections_and_refuses_new_ones() {
     }
     // ...while the open one keeps flowing.
     echo_once(&mut open, b"during the drain");
-    assert!(
-        proc.child.try_wait().unwrap().is_none(),
-        "exited with a connection open"
-    );
+    assert!(proc.is_running(), "exited with a connection open");
     drop(open);
-    let status = wait_exit(&mut proc, Duration::from_secs(20));
+    let status = proc.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(0));
 }
 
@@ -137,25 +73,25 @@ fn sigterm_drains_open_connections_and_refuses_new_ones() {
 fn drain_timeout_closes_what_is_left_and_exits_0() {
     let backend = echo_thread_backend();
     let port = free_port();
-    let mut proc = spawn(
+    let mut proc = Edgelb::start(
         &lb_file(backend, port, "drain_timeout = 1"),
-        "drain-timeout",
+        Options::default(),
     );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(addr);
+    proc.wait_listening(addr);
     let mut open = TcpStream::connect(addr).unwrap();
     open.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     echo_once(&mut open, b"x");
-    signal(&proc, libc::SIGINT);
-    let status = wait_exit(&mut proc, Duration::from_secs(20));
+    proc.signal(libc::SIGINT);
+    let status = proc.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(0));
     let mut buf = [0u8; 1];
     assert!(
         matches!(open.read(&mut buf), Ok(0) | Err(_)),
         "the connection was cut"
     );
-    let log = stderr_of(&mut proc);
+    let log = proc.log_text();
     assert!(log.contains("drain timeout reached"), "{log}");
     assert!(
         !log.contains('\x1b'),
@@ -167,10 +103,10 @@ fn drain_timeout_closes_what_is_left_and_exits_0() {
 fn a_port_in_use_exits_1_with_a_one_line_reason_naming_the_listener() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let mut proc = spawn(&lb_file(refused_addr(), port, ""), "in-use");
-    let status = wait_exit(&mut proc, Duration::from_secs(20));
+    let mut proc = Edgelb::start(&lb_file(refused_addr(), port, ""), Options::default());
+    let status = proc.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(1));
-    let log = stderr_of(&mut proc);
+    let log = proc.log_text();
     let reason: Vec<&str> = log.lines().filter(|l| l.starts_with("edgelb:")).collect();
     assert_eq!(reason.len(), 1, "{log}");
     assert!(
@@ -184,23 +120,18 @@ fn run_with_an_invalid_file_exits_2_and_binds_nothing() {
     let port = free_port();
     let text =
         lb_file(refused_addr(), port, "").replace("[global]", "[global]\nconnect_retries = 99");
-    let mut proc = spawn(&text, "invalid");
-    let status = wait_exit(&mut proc, Duration::from_secs(20));
+    let mut proc = Edgelb::start(&text, Options::default());
+    let status = proc.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(2));
-    assert!(stderr_of(&mut proc).contains("InvalidConnectRetries"));
+    assert!(proc.log_text().contains("InvalidConnectRetries"));
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
 }
 
 #[test]
 fn demo_shows_the_rotation_over_three_backends() {
     use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_edgelb"))
-        .arg("demo")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let mut proc = Edgelb::demo(Options::default());
+    let stdout = proc.child.stdout.take().unwrap();
     let mut lines = std::io::BufReader::new(stdout).lines();
     let first = lines.next().unwrap().unwrap();
     // "edgelb demo: three backends behind 127.0.0.1:PORT (scheduler rr)"
@@ -210,10 +141,6 @@ fn demo_shows_the_rotation_over_three_backends() {
         .unwrap()
         .parse()
         .unwrap();
-    let mut proc = Proc {
-        child,
-        config: std::env::temp_dir().join("edgelb-demo-none"),
-    };
     let mut seen = Vec::new();
     for _ in 0..3 {
         let mut s = TcpStream::connect(addr).unwrap();
@@ -234,9 +161,6 @@ fn demo_shows_the_rotation_over_three_backends() {
             "hello from backend-3"
         ]
     );
-    signal(&proc, libc::SIGTERM);
-    assert_eq!(
-        wait_exit(&mut proc, Duration::from_secs(20)).code(),
-        Some(0)
-    );
+    proc.signal(libc::SIGTERM);
+    assert_eq!(proc.wait_exit(Duration::from_secs(20)).code(), Some(0));
 }

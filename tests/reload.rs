@@ -6,10 +6,10 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream as StdStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::process::{Edgelb, Options};
 use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -131,19 +131,6 @@ async fn a_reload_that_cannot_bind_changes_nothing() {
 
 // ---- the binary, driven by SIGHUP ----
 
-struct Proc {
-    child: Child,
-    config: std::path::PathBuf,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.config);
-    }
-}
-
 fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut s = StdStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -186,21 +173,12 @@ fn file_with(
         .replace("address = \"\"", &format!("address = \"{admin}\""))
 }
 
-fn hup(proc: &Proc) {
-    // SAFETY: kill(2) on our own child.
-    assert_eq!(
-        unsafe { libc::kill(i32::try_from(proc.child.id()).unwrap(), libc::SIGHUP) },
-        0
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_sighup_reloads_under_traffic_refuse_or_reset_nothing() {
     let b1 = echo_backend().await;
     let b2 = echo_backend().await;
     let port = free_port();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = std::env::temp_dir().join(format!("edgelb-reload-{}.toml", std::process::id()));
     let variants = [
         file_with(
             &[("b1", b1.addr, 100), ("b2", b2.addr, 100)],
@@ -221,21 +199,10 @@ async fn twenty_sighup_reloads_under_traffic_refuse_or_reset_nothing() {
             "scheduler = \"sch\"\npersistence_timeout = 30",
         ),
     ];
-    std::fs::write(&config, &variants[0]).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_edgelb"))
-        .args(["run", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let proc = Proc {
-        child,
-        config: config.clone(),
-    };
+    let mut proc = Edgelb::start(&variants[0], Options::default());
     let lb: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_for("edgelb to listen", || {
-        StdStream::connect(lb).is_ok() && StdStream::connect(admin).is_ok()
-    });
+    proc.wait_listening(lb);
+    proc.wait_listening(admin);
 
     // A client opening connections back to back for the whole test.
     let stop = Arc::new(AtomicBool::new(false));
@@ -268,9 +235,9 @@ async fn twenty_sighup_reloads_under_traffic_refuse_or_reset_nothing() {
         })
     };
     for i in 1..=20u64 {
-        std::fs::write(&config, &variants[i as usize % variants.len()]).unwrap();
+        std::fs::write(&proc.config, &variants[i as usize % variants.len()]).unwrap();
         let before = ok.load(Ordering::SeqCst);
-        hup(&proc);
+        proc.signal(libc::SIGHUP);
         wait_for("the reload", || reloads(admin, "success") == i);
         wait_for("traffic after the reload", || {
             ok.load(Ordering::SeqCst) > before + 5
@@ -292,33 +259,21 @@ async fn an_invalid_reload_changes_nothing_and_is_counted() {
     let backend = echo_backend().await;
     let port = free_port();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = std::env::temp_dir().join(format!("edgelb-badreload-{}.toml", std::process::id()));
     let good = file_with(&[("b1", backend.addr, 100)], port, admin, "");
-    std::fs::write(&config, &good).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_edgelb"))
-        .args(["run", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut proc = Proc {
-        child,
-        config: config.clone(),
-    };
+    let mut proc = Edgelb::start(&good, Options::default());
     let lb: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_for("edgelb to listen", || {
-        StdStream::connect(lb).is_ok() && StdStream::connect(admin).is_ok()
-    });
+    proc.wait_listening(lb);
+    proc.wait_listening(admin);
     let mut open = StdStream::connect(lb).unwrap();
     open.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     std::fs::write(
-        &config,
+        &proc.config,
         good.replace("listener_port", "listener_prt")
             .replace("weight = 100", "weight = 101"),
     )
     .unwrap();
-    hup(&proc);
+    proc.signal(libc::SIGHUP);
     wait_for("the failed reload", || reloads(admin, "failure") == 1);
     // Everything still serves: the open connection and new ones.
     open.write_all(b"abc").unwrap();
@@ -333,18 +288,13 @@ async fn an_invalid_reload_changes_nothing_and_is_counted() {
     let mut one = [0u8; 1];
     fresh.read_exact(&mut one).unwrap();
     assert_eq!(reloads(admin, "success"), 0);
-    // Every error was logged with its location and code.
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(i32::try_from(proc.child.id()).unwrap(), libc::SIGTERM) };
+    // Every error was logged with its location and code (the whole log once it
+    // has exited).
+    proc.signal(libc::SIGTERM);
     drop((open, fresh));
-    let mut log = String::new();
-    proc.child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
-    let name = config.display().to_string();
+    proc.wait_exit(Duration::from_secs(20));
+    let log = proc.log_text();
+    let name = proc.config.display().to_string();
     assert!(
         log.contains(&format!("{name}:")) && log.contains("InvalidParameter.listener_prt"),
         "{log}"

@@ -4,14 +4,17 @@
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// A running `edgelb run --config FILE`; SIGTERM then SIGKILL when dropped.
+/// A running `edgelb run --config FILE` (or `edgelb demo`), its stderr in a log
+/// file; SIGTERM then SIGKILL when dropped, and its temporary directory removed.
 pub struct Edgelb {
     pub child: std::process::Child,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// The temporary directory holding `config` and `log`.
+    dir: PathBuf,
 }
 
 /// How to start the binary.
@@ -30,15 +33,31 @@ impl Edgelb {
     pub fn start(text: &str, options: Options) -> Edgelb {
         let dir = super::temp_dir("proc");
         let config = dir.join("lb.toml");
-        let log = dir.join("edgelb.log");
         std::fs::write(&config, text).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgelb"));
         cmd.arg("run")
             .arg("--config")
             .arg(&config)
-            .env("RUST_LOG", options.rust_log.as_deref().unwrap_or("info"))
+            .stdout(Stdio::null());
+        Edgelb::spawn(cmd, dir, config, options)
+    }
+
+    /// Starts `edgelb demo` with its stdout piped (`child.stdout`), for the banner
+    /// naming the listener; logs to a file. `config` names a file never written.
+    pub fn demo(options: Options) -> Edgelb {
+        let dir = super::temp_dir("demo");
+        let config = dir.join("lb.toml");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgelb"));
+        cmd.arg("demo").stdout(Stdio::piped());
+        Edgelb::spawn(cmd, dir, config, options)
+    }
+
+    /// Runs `cmd` (stdout already chosen) with stdin closed and stderr to
+    /// `dir/edgelb.log`.
+    fn spawn(mut cmd: Command, dir: PathBuf, config: PathBuf, options: Options) -> Edgelb {
+        let log = dir.join("edgelb.log");
+        cmd.env("RUST_LOG", options.rust_log.as_deref().unwrap_or("info"))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         if let Some(n) = options.workers {
             cmd.env("TOKIO_WORKER_THREADS", n.to_string());
@@ -60,7 +79,12 @@ impl Edgelb {
             }
         }
         let child = cmd.spawn().unwrap();
-        Edgelb { child, config, log }
+        Edgelb {
+            child,
+            config,
+            log,
+            dir,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -86,28 +110,56 @@ impl Edgelb {
         panic!("edgelb never listened on {addr}:\n{}", self.log_text());
     }
 
+    /// Sends `sig` to the child; panics if it cannot be delivered. Only while the
+    /// child has not been reaped (by `is_running` or `wait_exit` seeing it exit).
     pub fn signal(&self, sig: i32) {
+        let pid = i32::try_from(self.pid()).unwrap();
         // SAFETY: kill only sends a signal to our own child.
-        unsafe { libc::kill(self.pid() as i32, sig) };
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({pid}, {sig}): {}",
+            std::io::Error::last_os_error()
+        );
     }
 
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
+
+    /// Waits for the child to exit and returns its status; panics (with the log)
+    /// if it is still running after `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "edgelb did not exit within {within:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 impl Drop for Edgelb {
     fn drop(&mut self) {
-        self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
+        // Never signal a child already reaped: its pid may belong to another process.
+        if self.child.try_wait().ok().flatten().is_none() {
+            // SAFETY: kill only sends a signal to our own child, not yet reaped.
+            unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && self.child.try_wait().ok().flatten().is_none() {
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
