@@ -97,13 +97,25 @@ pub async fn named_backend(name: &'static str) -> Backend {
     .await
 }
 
+/// A listener on a fresh loopback port with a backlog of 4096. `TcpListener::bind`
+/// listens with 128, like std: a burst of a few hundred connects from the
+/// balancer's workers overflows it, and the kernel then drops SYNs (a 1 s
+/// retransmission) and resets connections it could not queue, failing tests for
+/// want of a backend that keeps up.
+pub fn loopback_listener() -> TcpListener {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    socket.listen(4096).unwrap()
+}
+
 /// Runs `handler` for every connection to a fresh loopback port.
 pub async fn serve<F, Fut>(handler: F) -> Backend
 where
     F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = loopback_listener();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = accepted.clone();
