@@ -36,6 +36,8 @@ impl Workers {
     /// the last clone of the result drops (their connections close then).
     pub fn spawn(n: usize) -> std::io::Result<Workers> {
         let stop = CancellationToken::new();
+        // Made first, so threads already started end if a later one cannot start.
+        let guard = stop.clone().drop_guard();
         let mut handles = Vec::with_capacity(n);
         for i in 0..n.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -49,7 +51,7 @@ impl Workers {
         }
         Ok(Workers {
             handles,
-            _threads: Some(Arc::new(stop.drop_guard())),
+            _threads: Some(Arc::new(guard)),
         })
     }
 

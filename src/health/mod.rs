@@ -6,12 +6,15 @@
 //!   [`BackendRuntime`], metrics, one log line, a rebuild of the listener's view).
 //! - [`Checks`] (here): the registry the server keeps in step with the config.
 //!
-//! Under a multi-thread runtime (the binary's) the probe loops run on a thread of
-//! their own, `edgelb-health`, with a current-thread runtime: a probe wakes one
-//! thread rather than waking and stealing across the workers that proxy, which
-//! made a fifth of the checks' cost, and a burst of probes never queues behind
-//! (or in front of) the data path. Under a current-thread runtime (tests, the
-//! paused clock) they run on that runtime.
+//! The probe loops never run where connections are proxied. In the binary they
+//! run on the main thread's current-thread runtime (connections are on the
+//! workers, `crate::workers`). Embedded in a multi-thread runtime (an embedder's,
+//! `examples/health_cost.rs`) they get a thread of their own, `edgelb-health`,
+//! with a current-thread runtime: a probe then wakes one thread rather than waking
+//! and stealing across the runtime's workers, which made a fifth of the checks'
+//! cost, and a burst of probes never queues behind (or in front of) the data path.
+//! Under any other current-thread runtime (tests, the paused clock) they run on
+//! that runtime.
 //!
 //! Decisions the spec leaves open:
 //! - A stopped listener is not checked: it takes no connections. When it starts
