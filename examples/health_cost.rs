@@ -93,13 +93,16 @@ fn worker_ticks() -> (u64, u64) {
     total
 }
 
-fn probes(server: &Server) -> u64 {
+/// (probes, failed probes) so far, over every target.
+fn checks(server: &Server) -> (u64, u64) {
     server
         .runtimes()
         .iter()
         .flat_map(|r| r.backend_states())
-        .map(|b| b.checks.successes() + b.checks.failures())
-        .sum()
+        .fold((0, 0), |(n, f), b| {
+            let failed = b.checks.failures();
+            (n + b.checks.successes() + failed, f + failed)
+        })
 }
 
 /// (utime, stime) of another thread or process, in clock ticks.
@@ -108,15 +111,6 @@ fn ticks_of(pid: u32) -> (u64, u64) {
     let close = stat.rfind(')').unwrap();
     let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
     (fields[11].parse().unwrap(), fields[12].parse().unwrap())
-}
-
-fn failures(server: &Server) -> u64 {
-    server
-        .runtimes()
-        .iter()
-        .flat_map(|r| r.backend_states())
-        .map(|b| b.checks.failures())
-        .sum()
 }
 
 /// `serve FIRST_PORT`: the backends alone, on all addresses, ports FIRST_PORT and
@@ -180,21 +174,9 @@ fn main() {
             .map(|&p| ticks_of(p))
             .fold(0, |a, t| a + t.0 + t.1)
     };
-    let (t0, c0, p0, f0, o0) = (
-        Instant::now(),
-        worker_ticks(),
-        probes(&server),
-        failures(&server),
-        other(),
-    );
+    let (t0, c0, (p0, f0), o0) = (Instant::now(), worker_ticks(), checks(&server), other());
     std::thread::sleep(Duration::from_secs(seconds));
-    let (t1, c1, p1, f1, o1) = (
-        Instant::now(),
-        worker_ticks(),
-        probes(&server),
-        failures(&server),
-        other(),
-    );
+    let (t1, c1, (p1, f1), o1) = (Instant::now(), worker_ticks(), checks(&server), other());
     let wall = (t1 - t0).as_secs_f64();
     let (user, system) = ((c1.0 - c0.0) as f64 / hz, (c1.1 - c0.1) as f64 / hz);
     let cpu = user + system;

@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use socket2::{Domain, SockAddr, Socket, Type};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 const PER_SECOND: u32 = 2_000;
@@ -24,19 +23,6 @@ fn thread_cpu() -> Duration {
     );
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1_000);
     tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
-fn disconnect(socket: &Socket) {
-    let unspec = libc::sockaddr {
-        sa_family: libc::AF_UNSPEC as libc::sa_family_t,
-        sa_data: [0; 14],
-    };
-    let len = std::mem::size_of::<libc::sockaddr>() as libc::socklen_t;
-    // SAFETY: a valid sockaddr of `len` bytes, and a descriptor `socket` owns.
-    assert_eq!(
-        unsafe { libc::connect(socket.as_raw_fd(), &raw const unspec, len) },
-        0
-    );
 }
 
 fn main() {
@@ -67,7 +53,7 @@ fn main() {
                     }
                 }
             }
-            disconnect(&socket);
+            edgelb::health::probe::disconnect(&socket).unwrap();
             probes += 1;
         }
         next += Duration::from_secs(1) / BATCHES_PER_SECOND;

@@ -41,4 +41,5 @@ pub mod server;
 pub mod snapshot;
 #[cfg(target_os = "linux")]
 pub mod splice;
+pub mod warn_every;
 pub mod workers;

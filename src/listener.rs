@@ -2,10 +2,11 @@
 
 use crate::proxy;
 use crate::snapshot::ListenerRuntime;
+use crate::warn_every::WarnEvery;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -42,6 +43,7 @@ impl AcceptBackoff {
         pause
     }
 }
+
 /// At most one "limit reached" warning per this many seconds.
 const WARN_EVERY_SECS: u64 = 5;
 
@@ -79,7 +81,7 @@ pub struct ConnectionLimit {
     open: AtomicUsize,
     /// The most open at once since [`ConnectionLimit::take_peak`] last looked.
     peak: AtomicUsize,
-    last_warn: AtomicU64,
+    warning: WarnEvery,
 }
 
 /// One admitted connection; gives its slot back when dropped.
@@ -97,7 +99,7 @@ impl ConnectionLimit {
             max,
             open: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
-            last_warn: AtomicU64::new(0),
+            warning: WarnEvery::new(WARN_EVERY_SECS),
         })
     }
 
@@ -124,23 +126,6 @@ impl ConnectionLimit {
     pub fn take_peak(&self) -> usize {
         self.peak.swap(self.open(), Ordering::Relaxed)
     }
-
-    /// Whether a warning is due (rate-limited so a flood does not flood the log).
-    fn warn_due(&self) -> bool {
-        let now = coarse_secs();
-        let last = self.last_warn.load(Ordering::Relaxed);
-        now >= last + WARN_EVERY_SECS
-            && self
-                .last_warn
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-    }
-}
-
-fn coarse_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// `max_connections = 0`: two descriptors per proxied connection, keeping some back
@@ -214,7 +199,7 @@ pub async fn accept_loop(
         runtime.metrics.connections.increment(1);
         let Some(permit) = shared.limit.try_acquire() else {
             runtime.metrics.rejected_max_connections.increment(1);
-            if shared.limit.warn_due() {
+            if shared.limit.warning.due() {
                 tracing::warn!(
                     load_balancer_id = %runtime.load_balancer_id,
                     listener = runtime.listener_port,

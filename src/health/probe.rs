@@ -156,7 +156,7 @@ fn connect_outcome(socket: &socket2::Socket, addr: &socket2::SockAddr) -> io::Re
 /// `connect(AF_UNSPEC)`: Linux's `tcp_disconnect`, which resets an established
 /// connection (as close with SO_LINGER 0 would) and leaves the socket unconnected
 /// and ready to connect again, its ephemeral port released.
-fn disconnect(socket: &socket2::Socket) -> io::Result<()> {
+pub fn disconnect(socket: &socket2::Socket) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let unspec = libc::sockaddr {
         sa_family: libc::AF_UNSPEC as libc::sa_family_t,

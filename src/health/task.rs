@@ -22,9 +22,10 @@ use crate::health_state::{Health, HealthState, Transition};
 use crate::snapshot::{
     BackendRuntime, ListenerRuntime, HEALTH_HEALTHY, HEALTH_UNHEALTHY, HEALTH_UNKNOWN,
 };
+use crate::warn_every::WarnEvery;
 use siphasher::sip::SipHasher13;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -95,15 +96,7 @@ pub fn next_start(scheduled: Instant, interval: Duration, now: Instant, epoch: I
 
 /// At most one "probe not sent" warning per 5 s for the whole process: when the
 /// host runs out of descriptors every target hits it at once.
-fn local_warning_due() -> bool {
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = crate::snapshot::unix_millis() / 1000;
-    let last = LAST.load(Ordering::Relaxed);
-    (last == 0 || now >= last + 5)
-        && LAST
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-}
+static NOT_SENT_WARNING: WarnEvery = WarnEvery::new(5);
 
 fn health_code(h: Health) -> u8 {
     match h {
@@ -185,7 +178,7 @@ impl ProbeLoop {
         // backend, whose health and streak stay as they are.
         if let Err(error) = &result {
             if error.is_local() {
-                if local_warning_due() {
+                if NOT_SENT_WARNING.due() {
                     tracing::warn!(load_balancer_id = %self.runtime.load_balancer_id, listener = self.runtime.listener_port, server_id = %self.backend.server_id, backend = %target.addr, %error, "health probe not sent; backend health unchanged (further such warnings within 5 s are not logged)");
                 }
                 return;
