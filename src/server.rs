@@ -54,12 +54,9 @@ struct State {
 }
 
 impl Server {
-    /// Binds every running listener of `config` and starts accepting.
-    pub fn start(config: &Config) -> Result<Server, BindError> {
-        Self::start_with_binder(config, listener::default_binder())
-    }
-
-    /// As [`Server::start`], with another way to get sockets (tests bind port 0).
+    /// Binds every running listener of `config` through `binder` (production:
+    /// [`listener::default_binder`]; tests bind port 0) and starts accepting on the
+    /// current runtime.
     pub fn start_with_binder(config: &Config, binder: Binder) -> Result<Server, BindError> {
         Self::start_with(config, binder, Workers::current())
     }
