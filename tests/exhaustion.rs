@@ -53,6 +53,59 @@ fn start_limited(text: &str, port: u16) -> (Edgelb, std::net::SocketAddr) {
     (lb, addr)
 }
 
+/// What [`exhaust`] holds to keep edgelb out of descriptors.
+struct Exhausted {
+    /// Proxied connections, two descriptors each.
+    served: Vec<TcpStream>,
+    /// The client that found no descriptor: it waits in the backlog.
+    waiting: Vec<TcpStream>,
+    /// Clients accepted and closed because their backend connect found none.
+    closed: usize,
+    /// Idle admin connections, each holding the one descriptor left over.
+    admin_holds: Vec<TcpStream>,
+}
+
+/// Takes every descriptor of the edgelb listening on `addr`, whose admin server is on
+/// `admin_port`. Proxied connections take two each. When one is left over, a client
+/// is accepted and closed at once (its backend connect fails with EMFILE), and that
+/// one stays free: an idle admin connection takes it. A client counts as waiting only
+/// if it still waits a probe interval later: a spare descriptor held by a probe in
+/// flight at that moment frees when the probe ends, and then serves this client.
+async fn exhaust(addr: std::net::SocketAddr, admin_port: u16) -> Exhausted {
+    let mut held = Exhausted {
+        served: Vec::new(),
+        waiting: Vec::new(),
+        closed: 0,
+        admin_holds: Vec::new(),
+    };
+    for _ in 0..NOFILE * 2 {
+        let (mut c, mut fate) = try_client(addr).await;
+        if matches!(fate, Fate::Waiting) {
+            let mut buf = [0u8; 1];
+            fate = match tokio::time::timeout(Duration::from_millis(1_500), c.read(&mut buf)).await
+            {
+                Ok(Ok(1)) => Fate::Served,
+                Ok(_) => Fate::Closed,
+                Err(_) => Fate::Waiting,
+            };
+        }
+        match fate {
+            Fate::Served => held.served.push(c),
+            Fate::Closed => {
+                held.closed += 1;
+                held.admin_holds
+                    .push(TcpStream::connect(("127.0.0.1", admin_port)).await.unwrap());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Fate::Waiting => {
+                held.waiting.push(c);
+                return held;
+            }
+        }
+    }
+    panic!("edgelb never ran out of descriptors");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_refuses_cleanly_does_not_spin_and_recovers() {
     let backend = echo_backend().await;
@@ -70,33 +123,19 @@ async fn out_of_descriptors_refuses_cleanly_does_not_spin_and_recovers() {
     )
     .replace("listener_port = 80", &format!("listener_port = {port}"));
     let (mut lb, addr) = start_limited(&text, port);
+    // After the first probe, whose socket is kept between probes.
+    wait_until("the backend checked healthy", || {
+        lb.log_text().contains("to=healthy")
+    })
+    .await;
     let baseline_fds = fd_count(lb.pid());
 
-    // Fill every descriptor with proxied connections. When one is left over (an odd
-    // number free), a client is accepted and closed at once (its backend connect
-    // fails with EMFILE): an idle admin connection then takes that last one.
-    let mut served = Vec::new();
-    let mut waiting = Vec::new();
-    let mut closed = 0;
-    let mut admin_hold = None;
-    for _ in 0..NOFILE {
-        let (c, fate) = try_client(addr).await;
-        match fate {
-            Fate::Served => served.push(c),
-            Fate::Closed => {
-                closed += 1;
-                if admin_hold.is_none() {
-                    admin_hold = Some(TcpStream::connect(("127.0.0.1", admin_port)).await.unwrap());
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-            Fate::Waiting => {
-                waiting.push(c);
-                break;
-            }
-        }
-    }
-    assert!(!waiting.is_empty(), "never ran out of descriptors");
+    let Exhausted {
+        served,
+        mut waiting,
+        closed,
+        admin_holds,
+    } = exhaust(addr, admin_port).await;
     assert!(
         served.len() >= 10,
         "only {} connections were served",
@@ -159,7 +198,7 @@ async fn out_of_descriptors_refuses_cleanly_does_not_spin_and_recovers() {
 
     // Descriptors free up: every waiting client is served (its byte was sent).
     drop(served);
-    drop(admin_hold);
+    drop(admin_holds);
     drop(admin_waiting);
     for mut c in waiting {
         let got = tokio::time::timeout(Duration::from_secs(10), read_n(&mut c, 1))
@@ -195,6 +234,7 @@ async fn running_out_of_descriptors_does_not_fail_the_backends_health_checks() {
     let backend = echo_backend().await;
     let health = http_ok_backend().await;
     let port = free_port();
+    let admin_port = free_port();
     let text = config_text(
         &[("b1", backend.addr, 100)],
         "max_connections = 100000",
@@ -204,6 +244,10 @@ async fn running_out_of_descriptors_does_not_fail_the_backends_health_checks() {
             health.addr.port()
         ),
     )
+    .replace(
+        "address = \"\"",
+        &format!("address = \"127.0.0.1:{admin_port}\""),
+    )
     .replace("listener_port = 80", &format!("listener_port = {port}"));
     let (mut lb, addr) = start_limited(&text, port);
     wait_until("the backend checked healthy", || {
@@ -211,21 +255,17 @@ async fn running_out_of_descriptors_does_not_fail_the_backends_health_checks() {
     })
     .await;
 
-    // Every descriptor taken by proxied connections (and a leftover one by a client
-    // that the balancer had to close): probes cannot get a socket.
-    let mut held = Vec::new();
-    for _ in 0..NOFILE {
-        let (c, fate) = try_client(addr).await;
-        let waiting = matches!(fate, Fate::Waiting);
-        held.push(c);
-        if waiting {
-            break;
-        }
-    }
+    // Every descriptor taken: probes cannot get a socket.
+    let held = exhaust(addr, admin_port).await;
     let probes_before = health.accepted();
     // Three intervals: two failed probes in a row would turn the backend unhealthy.
     tokio::time::sleep(Duration::from_millis(3_500)).await;
     let log = lb.log_text();
+    assert_eq!(
+        health.accepted(),
+        probes_before,
+        "a probe got a socket while edgelb had none:\n{log}"
+    );
     assert!(
         log.contains("health probe not sent"),
         "no probe was refused a socket (probes: {probes_before} -> {}):\n{log}",
