@@ -127,6 +127,24 @@ async fn a_backend_that_stops_listening_flips_after_exactly_the_thresholds() {
     b1.abort();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_probes_are_half_open_and_never_reach_the_backends_application() {
+    // SYN, SYN-ACK, reset: the backend's kernel answers every probe, and its
+    // application has nothing to accept.
+    let b1 = echo_backend().await;
+    let text = config_text(&[("b1", b1.addr, 100)], "", FAST);
+    let lb = start_lb(&text);
+    wait_health(&lb, 0, HEALTH_HEALTHY).await;
+    let checks = &backend(&lb, 0).checks;
+    wait_until("three passed probes", || checks.successes() >= 3).await;
+    assert_eq!(b1.accepted(), 0, "a TCP probe completed its handshake");
+    // The count is live: a proxied connection is accepted.
+    let mut c = TcpStream::connect(lb.addr("lb", 80)).await.unwrap();
+    c.write_all(b"x").await.unwrap();
+    assert_eq!(read_n(&mut c, 1).await, b"x");
+    assert_eq!(b1.accepted(), 1);
+}
+
 /// Reads a request head (up to the blank line), after a PROXY v2 LOCAL header if
 /// one comes first (its signature holds a blank line too).
 async fn read_head(s: &mut TcpStream) -> Vec<u8> {
