@@ -1,20 +1,20 @@
-//! Health checks: one probe loop (a tokio task) per (listener, backend).
+//! Health checks: every (listener, backend) probed on its own cadence.
 //!
 //! - [`probe`]: one TCP or HTTP probe, bounded by the effective timeout.
-//! - [`task`]: the loop: cadence with a per-target phase, the hysteresis of
-//!   [`crate::health_state::HealthState`], and what a transition does (health in
-//!   [`BackendRuntime`], metrics, one log line, a rebuild of the listener's view).
+//! - [`task`]: the [`task::Sweep`] that runs every target's probes: cadence with a
+//!   per-target phase, the hysteresis of [`crate::health_state::HealthState`], and
+//!   what a transition does (health in [`BackendRuntime`], metrics, one log line,
+//!   a rebuild of the listener's view).
 //! - [`Checks`] (here): the registry the server keeps in step with the config.
 //!
-//! The probe loops never run where connections are proxied. In the binary they
-//! run on the main thread's current-thread runtime (connections are on the
-//! workers, `crate::workers`). Embedded in a multi-thread runtime (an embedder's,
+//! The checks never run where connections are proxied. In the binary they run on
+//! the main thread's current-thread runtime (connections are on the workers,
+//! `crate::workers`). Embedded in a multi-thread runtime (an embedder's,
 //! `examples/health_cost.rs`) they get a thread of their own, `edgelb-health`,
 //! with a current-thread runtime: a probe then wakes one thread rather than waking
-//! and stealing across the runtime's workers, which made a fifth of the checks'
-//! cost, and a burst of probes never queues behind (or in front of) the data path.
-//! Under any other current-thread runtime (tests, the paused clock) they run on
-//! that runtime.
+//! and stealing across the runtime's workers, and a burst of probes never queues
+//! behind (or in front of) the data path. Under any other current-thread runtime
+//! (tests, the paused clock) they run on that runtime.
 //!
 //! Decisions the spec leaves open:
 //! - A stopped listener is not checked: it takes no connections. When it starts
@@ -38,7 +38,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// Probe results of one backend of one listener, readable without the metrics
@@ -118,24 +118,32 @@ impl Target {
     }
 }
 
-/// A running probe loop: dropping it stops the loop.
+/// A checked target: dropping it stops its checks.
 struct Running {
-    settings: watch::Sender<Arc<Target>>,
-    _stop: DropGuard,
+    id: u64,
+    target: Arc<Target>,
+    sweep: mpsc::UnboundedSender<task::Command>,
 }
 
-/// The probe loops of every running listener, kept in step with the config by
-/// [`Checks::sync`] and [`Checks::stop`]. Dropping it stops every loop (and the
-/// health thread, after them: fields drop in order).
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.sweep.send(task::Command::Remove { id: self.id });
+    }
+}
+
+/// The checked targets of every running listener, kept in step with the config
+/// by [`Checks::sync`] and [`Checks::stop`]. Dropping it stops every check (and
+/// the health thread, after them: fields drop in order).
 pub struct Checks {
     listeners: HashMap<ListenerKey, HashMap<Arc<str>, Running>>,
-    runtime: tokio::runtime::Handle,
+    sweep: mpsc::UnboundedSender<task::Command>,
+    next_id: u64,
     _thread: Option<DropGuard>,
 }
 
 impl Checks {
     /// Must be called within a tokio runtime. The health thread cannot fail to
-    /// start the server: without it (no descriptors for its epoll, say) the loops
+    /// start the server: without it (no descriptors for its epoll, say) the checks
     /// run on the caller's runtime, with a warning.
     pub fn start() -> Checks {
         use tokio::runtime::{Handle, RuntimeFlavor};
@@ -150,15 +158,18 @@ impl Checks {
                 }
             },
         };
+        let (sweep, commands) = mpsc::unbounded_channel();
+        runtime.spawn(task::Sweep::new(commands).run());
         Checks {
             listeners: HashMap::new(),
-            runtime,
+            sweep,
+            next_id: 0,
             _thread: thread,
         }
     }
 
-    /// Brings the loops of one listener in line with its (new) config, after
-    /// `runtime.update(listener)`: loops start for new backends, stop for removed
+    /// Brings the checks of one listener in line with its (new) config, after
+    /// `runtime.update(listener)`: checks start for new backends, stop for removed
     /// ones (or all, when the listener is stopped), and get the new settings.
     pub fn sync(&mut self, runtime: &Arc<ListenerRuntime>, listener: &Listener) {
         let key = (
@@ -183,47 +194,45 @@ impl Checks {
         });
         for backend in listener.backends.iter().filter(|b| b.weight > 0) {
             let target = Target::new(listener, backend);
-            if let Some(running) = loops.get(&backend.server_id) {
-                running.settings.send_if_modified(|current| {
-                    let changed = **current != target;
-                    if changed {
-                        *current = Arc::new(target);
-                    }
-                    changed
-                });
+            if let Some(running) = loops.get_mut(&backend.server_id) {
+                if *running.target != target {
+                    running.target = Arc::new(target);
+                    let _ = self.sweep.send(task::Command::Update {
+                        id: running.id,
+                        target: running.target.clone(),
+                    });
+                }
                 continue;
             }
             let Some(state) = states.get(&backend.server_id) else {
                 // Not in the view: only if `runtime` was not updated with `listener`.
                 continue;
             };
-            let (settings, receiver) = watch::channel(Arc::new(target));
-            let stop = CancellationToken::new();
-            self.runtime.spawn(
-                task::ProbeLoop {
-                    runtime: runtime.clone(),
-                    backend: state.clone(),
-                    settings: receiver,
-                    stop: stop.clone(),
-                }
-                .run(),
-            );
+            self.next_id += 1;
+            let target = Arc::new(target);
+            let _ = self.sweep.send(task::Command::Add {
+                id: self.next_id,
+                runtime: runtime.clone(),
+                backend: state.clone(),
+                target: target.clone(),
+            });
             loops.insert(
                 backend.server_id.clone(),
                 Running {
-                    settings,
-                    _stop: stop.drop_guard(),
+                    id: self.next_id,
+                    target,
+                    sweep: self.sweep.clone(),
                 },
             );
         }
     }
 
-    /// Stops the loops of a removed or stopped listener.
+    /// Stops the checks of a removed or stopped listener.
     pub fn stop(&mut self, key: &ListenerKey) {
         self.listeners.remove(key);
     }
 
-    /// Probe loops running now.
+    /// Targets checked now.
     pub fn len(&self) -> usize {
         self.listeners.values().map(HashMap::len).sum()
     }

@@ -52,15 +52,57 @@ pub enum ProbeError {
 /// per probe. A failed or timed-out probe drops its socket (a reset if it got that
 /// far) and the next one starts afresh. A healthy TCP-checked backend therefore
 /// holds one descriptor between probes.
+///
+/// A probe is [`Prober::start`]ed without waiting: a near backend's handshake has
+/// usually completed by then, and the probe is done with no timer, task or wake-up.
+/// The rest (an HTTP probe, a handshake still under way) is [`Prober::finish`]ed.
 #[derive(Default)]
 pub struct Prober {
     /// The kept socket, and whether it is IPv6.
     tcp: Option<(socket2::Socket, bool)>,
+    /// The kept socket's handshake is under way: `start` began it.
+    connecting: bool,
+}
+
+/// What [`Prober::start`] came to.
+#[derive(Debug)]
+pub enum Started {
+    /// The outcome is known already.
+    Done(Result<(), ProbeError>),
+    /// The probe goes on: [`Prober::finish`] waits for its outcome.
+    Waiting,
 }
 
 impl Prober {
-    /// Runs one probe of `target`: `Ok` when the backend passes.
-    pub async fn probe(&mut self, target: &Target) -> Result<(), ProbeError> {
+    /// Starts a probe of `target` without waiting. A TCP probe whose outcome is
+    /// known at once (an established handshake, a refused connect) is done;
+    /// anything else is left waiting for [`Prober::finish`].
+    pub fn start(&mut self, target: &Target) -> Started {
+        let Probe::Tcp = target.probe else {
+            return Started::Waiting;
+        };
+        let addr = target.addr;
+        let socket = match self.take_socket(addr) {
+            Ok(socket) => socket,
+            Err(e) => return Started::Done(Err(connect_error(e))),
+        };
+        match begin_handshake(&socket, &addr.into()) {
+            Ok(true) => {
+                self.keep(socket, addr);
+                Started::Done(Ok(()))
+            }
+            Ok(false) => {
+                self.tcp = Some((socket, addr.is_ipv6()));
+                self.connecting = true;
+                Started::Waiting
+            }
+            Err(e) => Started::Done(Err(connect_error(e))),
+        }
+    }
+
+    /// Waits for the outcome of a probe that [`Prober::start`] left waiting (or
+    /// runs a whole probe), bounded by the target's effective timeout.
+    pub async fn finish(&mut self, target: &Target) -> Result<(), ProbeError> {
         let attempt = async {
             match &target.probe {
                 Probe::Tcp => self.tcp(target.addr).await,
@@ -73,19 +115,47 @@ impl Prober {
         }
     }
 
+    /// Runs one whole probe of `target`: `Ok` when the backend passes.
+    pub async fn probe(&mut self, target: &Target) -> Result<(), ProbeError> {
+        match self.start(target) {
+            Started::Done(result) => result,
+            Started::Waiting => self.finish(target).await,
+        }
+    }
+
     /// Success is the handshake. The socket is taken out for the probe, so a
     /// timeout drops (closes) it, and put back only once disconnected.
     async fn tcp(&mut self, addr: SocketAddr) -> Result<(), ProbeError> {
-        let socket = match self.tcp.take() {
-            Some((s, v6)) if v6 == addr.is_ipv6() => s,
-            _ => tcp_socket(addr).map_err(connect_error)?,
-        };
+        let connecting = std::mem::take(&mut self.connecting);
+        let socket = self.take_socket(addr).map_err(connect_error)?;
         let sockaddr = socket2::SockAddr::from(addr);
-        let socket = handshake(socket, &sockaddr).await.map_err(connect_error)?;
+        if !connecting && begin_handshake(&socket, &sockaddr).map_err(connect_error)? {
+            self.keep(socket, addr);
+            return Ok(());
+        }
+        let socket = wait_handshake(socket, &sockaddr)
+            .await
+            .map_err(connect_error)?;
+        self.keep(socket, addr);
+        Ok(())
+    }
+
+    /// The kept socket if it fits `addr`'s family, else a new one.
+    fn take_socket(&mut self, addr: SocketAddr) -> io::Result<socket2::Socket> {
+        match self.tcp.take() {
+            Some((s, v6)) if v6 == addr.is_ipv6() => Ok(s),
+            _ => {
+                self.connecting = false;
+                tcp_socket(addr)
+            }
+        }
+    }
+
+    /// Resets a passed probe's connection and keeps the socket for the next one.
+    fn keep(&mut self, socket: socket2::Socket, addr: SocketAddr) {
         if disconnect(&socket).is_ok() {
             self.tcp = Some((socket, addr.is_ipv6()));
         }
-        Ok(())
     }
 
     /// The descriptor of the kept TCP socket, if any (for tests).
@@ -145,27 +215,32 @@ fn defer_final_ack(socket: &socket2::Socket, addr: SocketAddr) {
     let _ = (socket, addr);
 }
 
-/// Connects and waits for the handshake. A handshake with a near backend
-/// (loopback, the same host or rack) has often completed by the time `connect`
-/// returns `EINPROGRESS`; Linux answers a second `connect` with the outcome (0 or
-/// `EISCONN` once established, the error once failed, `EALREADY` while under
-/// way), so that is asked first. Only a handshake still under way is registered
-/// with the reactor, for this wait alone: tokio keeps a hang-up as a final state,
-/// and the disconnected socket signals one, so a registration kept across probes
-/// would report it ready forever.
-async fn handshake(
-    socket: socket2::Socket,
-    addr: &socket2::SockAddr,
-) -> io::Result<socket2::Socket> {
+/// Starts the handshake: `true` once it is done, `false` while under way. A
+/// handshake with a near backend (loopback, the same host or rack) has often
+/// completed by the time `connect` returns `EINPROGRESS`; Linux answers a second
+/// `connect` with the outcome (0 or `EISCONN` once established, the error once
+/// failed, `EALREADY` while under way), so that is asked before any waiting.
+fn begin_handshake(socket: &socket2::Socket, addr: &socket2::SockAddr) -> io::Result<bool> {
     match socket.connect(addr) {
-        Ok(()) => return Ok(socket),
+        Ok(()) => return Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(e) => return Err(e),
     }
-    match connect_outcome(&socket, addr) {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-        outcome => return outcome.map(|()| socket),
+    match connect_outcome(socket, addr) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
     }
+}
+
+/// Waits for a handshake under way. The socket is registered with the reactor
+/// for this wait alone: tokio keeps a hang-up as a final state, and the
+/// disconnected socket signals one, so a registration kept across probes would
+/// report it ready forever.
+async fn wait_handshake(
+    socket: socket2::Socket,
+    addr: &socket2::SockAddr,
+) -> io::Result<socket2::Socket> {
     // SAFETY: the socket owns its descriptor, open and the same for as long as the
     // `AsyncFd` holds it.
     let socket = unsafe { AsyncFd::register_with_interest(socket, Interest::WRITABLE) }?;

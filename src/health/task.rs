@@ -1,17 +1,24 @@
-//! The probe loop of one (listener, backend): when to probe, and what a result does.
+//! The health checker: when each target is probed, and what a result does.
+//!
+//! One task, the [`Sweep`], runs every target's probes (one per (listener,
+//! backend)) on the thread the checks run on. It sleeps until the next start,
+//! starts every probe due, and a TCP probe to a near backend completes right
+//! there (see [`probe::Prober::start`]): thousands of targets cost the syscalls of
+//! their probes, one wake-up per step and no task, timer or wake-up per probe. A
+//! probe that must wait (an HTTP probe, a handshake still under way) goes on in a
+//! task of its own and reports back.
 //!
 //! Cadence: the first probe starts at once. Later ones start on a lattice shared
 //! by every target, `EPOCH + phase + k * interval`, where the phase is a multiple
 //! of [`STEP`] drawn from a hash of (listener, server id):
 //! - targets fall out of step (2,000 targets at 1 s spread over 100 steps), also
 //!   those that start together (a process start, a reload adding many backends);
-//! - the runtime wakes once per step for all the probes due in it, not once per
-//!   probe: with thousands of targets most of the cost is wake-ups and syscalls.
+//! - the sweep wakes once per step for all the probes due in it.
 //!
 //! The second probe is the first lattice point at least `interval/2` after the
-//! first, so it is neither immediate nor late. Probes run inline, so at most one
-//! is in flight: one that outlasts the interval (the timeout is never shorter than
-//! the interval) delays the next, which starts at the next step after it ends.
+//! first, so it is neither immediate nor late. At most one probe per target is in
+//! flight: one that outlasts the interval (the timeout is never shorter than the
+//! interval) delays the next, which starts at the next step after it ends.
 //!
 //! The phase comes from a hash rather than a random draw so a given target keeps
 //! its slot across restarts and two nodes with one config probe alike. The key is
@@ -24,25 +31,17 @@ use crate::snapshot::{
 };
 use crate::warn_every::WarnEvery;
 use siphasher::sip::SipHasher13;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 /// Granularity of probe start times.
 pub const STEP: Duration = Duration::from_millis(10);
-
-/// One probe loop; [`ProbeLoop::run`] is the task.
-pub struct ProbeLoop {
-    pub runtime: Arc<ListenerRuntime>,
-    pub backend: Arc<BackendRuntime>,
-    /// The current settings; a reload sends new ones.
-    pub settings: watch::Receiver<Arc<Target>>,
-    pub stop: CancellationToken,
-}
 
 /// The origin of the lattice, the same for every loop of the process.
 fn epoch() -> Instant {
@@ -106,10 +105,229 @@ fn health_code(h: Health) -> u8 {
     }
 }
 
-impl ProbeLoop {
+/// What [`Checks`](super::Checks) tells the sweep.
+pub enum Command {
+    /// Check a new target: its first probe starts at once.
+    Add {
+        id: u64,
+        runtime: Arc<ListenerRuntime>,
+        backend: Arc<BackendRuntime>,
+        target: Arc<Target>,
+    },
+    /// New settings, from the next probe on.
+    Update { id: u64, target: Arc<Target> },
+    /// Stop checking: the backend's health is unknown again.
+    Remove { id: u64 },
+}
+
+/// A probe that waited, reporting back.
+struct Finished {
+    id: u64,
+    prober: probe::Prober,
+    result: Result<(), probe::ProbeError>,
+}
+
+/// One checked target.
+struct Checked {
+    runtime: Arc<ListenerRuntime>,
+    backend: Arc<BackendRuntime>,
+    target: Arc<Target>,
+    state: HealthState,
+    /// `None` while a probe is in flight: its task holds the prober.
+    prober: Option<probe::Prober>,
+    in_flight: Option<tokio::task::AbortHandle>,
+    /// When the last probe started, or the pending one starts.
+    last_start: Instant,
+    next: Option<Instant>,
+    first: bool,
+}
+
+/// Every target's probes, on one task; see the module documentation.
+pub struct Sweep {
+    commands: mpsc::UnboundedReceiver<Command>,
+    finished_tx: mpsc::UnboundedSender<Finished>,
+    finished: mpsc::UnboundedReceiver<Finished>,
+    targets: HashMap<u64, Checked>,
+    /// Pending starts, earliest first. An entry whose time is no longer its
+    /// target's `next` (rescheduled, removed) is skipped.
+    due: BinaryHeap<Reverse<(Instant, u64)>>,
+    epoch: Instant,
+}
+
+impl Sweep {
+    pub fn new(commands: mpsc::UnboundedReceiver<Command>) -> Sweep {
+        let (finished_tx, finished) = mpsc::unbounded_channel();
+        Sweep {
+            commands,
+            finished_tx,
+            finished,
+            targets: HashMap::new(),
+            due: BinaryHeap::new(),
+            epoch: epoch(),
+        }
+    }
+
+    /// Runs until every command sender is gone; then every target still checked
+    /// is unknown again.
     pub async fn run(mut self) {
-        self.probe_until_stopped().await;
-        // Nothing checks this backend any more: its health is unknown again.
+        let sleep = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(sleep);
+        loop {
+            let wake = self.due.peek().map(|Reverse((at, _))| *at);
+            if let Some(at) = wake {
+                if sleep.deadline() != at {
+                    sleep.as_mut().reset(at);
+                }
+            }
+            tokio::select! {
+                biased;
+                command = self.commands.recv() => match command {
+                    Some(command) => self.command(command),
+                    None => break,
+                },
+                Some(done) = self.finished.recv() => {
+                    if let Some(checked) = self.targets.get_mut(&done.id) {
+                        checked.prober = Some(done.prober);
+                        checked.in_flight = None;
+                        self.complete(done.id, done.result);
+                    }
+                }
+                () = &mut sleep, if wake.is_some() => self.start_due(),
+            }
+        }
+        for (_, checked) in self.targets.drain() {
+            checked.forget();
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Add {
+                id,
+                runtime,
+                backend,
+                target,
+            } => {
+                let now = Instant::now();
+                let state = HealthState::new(target.healthy_threshold, target.unhealthy_threshold);
+                self.targets.insert(
+                    id,
+                    Checked {
+                        runtime,
+                        backend,
+                        target,
+                        state,
+                        prober: Some(probe::Prober::default()),
+                        in_flight: None,
+                        last_start: now,
+                        next: Some(now),
+                        first: true,
+                    },
+                );
+                self.due.push(Reverse((now, id)));
+            }
+            Command::Update { id, target } => {
+                let Some(checked) = self.targets.get_mut(&id) else {
+                    return;
+                };
+                checked
+                    .state
+                    .set_thresholds(target.healthy_threshold, target.unhealthy_threshold);
+                // A new interval applies from the pending wait on, from the last
+                // start (a probe in flight uses it when it ends).
+                if !checked.first
+                    && checked.next.is_some()
+                    && target.interval != checked.target.interval
+                {
+                    let next = next_start(
+                        checked.last_start,
+                        target.interval,
+                        Instant::now(),
+                        self.epoch,
+                    );
+                    checked.next = Some(next);
+                    self.due.push(Reverse((next, id)));
+                }
+                checked.target = target;
+            }
+            Command::Remove { id } => {
+                if let Some(checked) = self.targets.remove(&id) {
+                    checked.forget();
+                }
+            }
+        }
+    }
+
+    /// Starts every probe due by now.
+    fn start_due(&mut self) {
+        let now = Instant::now();
+        while let Some(&Reverse((at, id))) = self.due.peek() {
+            if at > now {
+                break;
+            }
+            self.due.pop();
+            let Some(checked) = self.targets.get_mut(&id) else {
+                continue;
+            };
+            if checked.next != Some(at) {
+                continue;
+            }
+            let Some(mut prober) = checked.prober.take() else {
+                continue;
+            };
+            checked.next = None;
+            checked.last_start = at;
+            match prober.start(&checked.target) {
+                probe::Started::Done(result) => {
+                    checked.prober = Some(prober);
+                    self.complete(id, result);
+                }
+                probe::Started::Waiting => {
+                    let target = checked.target.clone();
+                    let report = self.finished_tx.clone();
+                    let task = tokio::spawn(async move {
+                        let result = prober.finish(&target).await;
+                        let _ = report.send(Finished { id, prober, result });
+                    });
+                    checked.in_flight = Some(task.abort_handle());
+                }
+            }
+        }
+    }
+
+    /// Records a probe's result and schedules the target's next probe.
+    fn complete(&mut self, id: u64, result: Result<(), probe::ProbeError>) {
+        let Some(checked) = self.targets.get_mut(&id) else {
+            return;
+        };
+        checked.record(result);
+        let now = Instant::now();
+        let interval = checked.target.interval;
+        let next = if checked.first {
+            let phase = phase(
+                &checked.runtime.load_balancer_id,
+                checked.runtime.listener_port,
+                &checked.backend.server_id,
+                interval,
+            );
+            second_start(checked.last_start, interval, phase, self.epoch)
+                .max(at_or_after(now, self.epoch, STEP))
+        } else {
+            next_start(checked.last_start, interval, now, self.epoch)
+        };
+        checked.first = false;
+        checked.next = Some(next);
+        self.due.push(Reverse((next, id)));
+    }
+}
+
+impl Checked {
+    /// No longer checked: a probe in flight is dropped, and the backend's health
+    /// is unknown again.
+    fn forget(self) {
+        if let Some(task) = self.in_flight {
+            task.abort();
+        }
         self.backend.health.store(HEALTH_UNKNOWN, Ordering::Relaxed);
         self.backend
             .last_change
@@ -117,63 +335,8 @@ impl ProbeLoop {
         self.backend.metrics.healthy.set(1.0);
     }
 
-    async fn probe_until_stopped(&mut self) {
-        let mut target = self.settings.borrow_and_update().clone();
-        let mut state = HealthState::new(target.healthy_threshold, target.unhealthy_threshold);
-        let server_id = self.backend.server_id.clone();
-        let lb = self.runtime.load_balancer_id.clone();
-        let port = self.runtime.listener_port;
-        let epoch = epoch();
-        let mut next = Instant::now();
-        let mut first = true;
-        let mut prober = probe::Prober::default();
-        loop {
-            tokio::select! {
-                biased;
-                () = self.stop.cancelled() => return,
-                changed = self.settings.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    let new = self.settings.borrow_and_update().clone();
-                    state.set_thresholds(new.healthy_threshold, new.unhealthy_threshold);
-                    // A new interval applies from the pending wait on, from the last start.
-                    if !first && new.interval != target.interval {
-                        let last = next.checked_sub(target.interval).unwrap_or(next);
-                        next = next_start(last, new.interval, Instant::now(), epoch);
-                    }
-                    target = new;
-                    continue;
-                }
-                () = tokio::time::sleep_until(next) => {}
-            }
-            let result = tokio::select! {
-                biased;
-                () = self.stop.cancelled() => return,
-                r = prober.probe(&target) => r,
-            };
-            self.record(&mut state, &target, result);
-            let now = Instant::now();
-            next = if first {
-                let phase = phase(&lb, port, &server_id, target.interval);
-                second_start(next, target.interval, phase, epoch).max(at_or_after(now, epoch, STEP))
-            } else {
-                next_start(next, target.interval, now, epoch)
-            };
-            first = false;
-        }
-    }
-
-    fn record(
-        &self,
-        state: &mut HealthState,
-        target: &Target,
-        result: Result<(), probe::ProbeError>,
-    ) {
-        // Stopped while probing: the result no longer belongs to anyone.
-        if self.stop.is_cancelled() {
-            return;
-        }
+    fn record(&mut self, result: Result<(), probe::ProbeError>) {
+        let target = &self.target;
         // Not sent (this host is out of descriptors, say): no verdict on the
         // backend, whose health and streak stay as they are.
         if let Err(error) = &result {
@@ -196,13 +359,14 @@ impl ProbeLoop {
         if let Some(error) = &failure {
             tracing::debug!(load_balancer_id = %self.runtime.load_balancer_id, listener = self.runtime.listener_port, server_id = %self.backend.server_id, backend = %target.addr, %error, "health probe failed");
         }
-        if let Some(transition) = state.record(ok) {
-            self.apply(transition, target, failure.as_ref());
+        if let Some(transition) = self.state.record(ok) {
+            self.apply(transition, failure.as_ref());
         }
     }
 
-    fn apply(&self, t: Transition, target: &Target, failure: Option<&probe::ProbeError>) {
+    fn apply(&self, t: Transition, failure: Option<&probe::ProbeError>) {
         let b = &self.backend;
+        let target = &self.target;
         b.health.store(health_code(t.to), Ordering::Relaxed);
         b.last_change
             .store(crate::snapshot::unix_millis(), Ordering::Relaxed);
