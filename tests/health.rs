@@ -335,3 +335,40 @@ async fn reload_keeps_health_and_weight_0_is_not_probed() {
     wait_health(&lb, 2, HEALTH_HEALTHY).await;
     assert_eq!(health(&lb, 0), HEALTH_UNHEALTHY);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_in_flight_ends_when_its_backend_stops_being_checked() {
+    // Reads the request, then waits for the balancer to close: it never answers.
+    let (closed_tx, mut closed) = mpsc::unbounded_channel();
+    let (asked_tx, mut asked) = mpsc::unbounded_channel();
+    let silent = serve(move |mut s| {
+        let (closed_tx, asked_tx) = (closed_tx.clone(), asked_tx.clone());
+        async move {
+            let _ = read_head(&mut s).await;
+            let _ = asked_tx.send(());
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest).await;
+            let _ = closed_tx.send(());
+        }
+    })
+    .await;
+    let up = echo_backend().await;
+    // A probe in flight for up to 20 s.
+    let extra = http_check("health_check_connect_timeout = 20\nhealth_check_interval = 20");
+    let list = [("silent", silent.addr, 100), ("up", up.addr, 100)];
+    let lb = start_lb(&config_text(&list, "", &extra));
+    tokio::time::timeout(GENEROUS, asked.recv())
+        .await
+        .expect("the probe reached the backend");
+
+    // Weight 0: no longer checked. The probe is dropped with it, at once.
+    let list = [("silent", silent.addr, 0), ("up", up.addr, 100)];
+    lb.server
+        .apply(&parse(&config_text(&list, "", &extra)))
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), closed.recv())
+        .await
+        .expect("the probe in flight was left running");
+    assert_eq!(health(&lb, 0), HEALTH_UNKNOWN);
+    assert_eq!(backend(&lb, 0).checks.failures(), 0, "no verdict recorded");
+}
