@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What 2,000 TCP health checks a second cost (issue 5), measured twice:
 #  1. loopback: backends in the same host and namespace. The kernel runs the
-#     backends' half of every handshake (SYN, SYN-ACK, the accepted socket, the
+#     backends' half of every probe (the SYN, the half-open request and its
 #     reset) inside the balancer's own system calls, so it is charged to it.
 #  2. namespace: backends in another network namespace behind a veth pair whose
 #     receive side runs in NAPI kernel threads, as off-host backends' work would

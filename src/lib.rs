@@ -20,7 +20,7 @@
 //! - [`memory`]: heap memory given back after many connections close.
 //! - [`metrics`]: metric names and the handles registered once.
 //! - [`persistence`]: the client-IP affinity table (LVS persistence templates).
-//! - [`health`]: the health checks: one probe loop per (listener, backend).
+//! - [`health`]: the health checks of every (listener, backend), run by one sweep task.
 //! - [`health_state`]: the health-check hysteresis (pure state machine).
 //! - [`proxy_protocol`]: PROXY protocol v2 headers (`eip_transmit`).
 pub mod admin;

@@ -49,7 +49,7 @@ pub struct Server {
 struct State {
     global: Global,
     listeners: HashMap<ListenerKey, Entry>,
-    /// The probe loops of the running listeners.
+    /// The health checks of the running listeners.
     checks: health::Checks,
 }
 

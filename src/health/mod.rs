@@ -82,7 +82,7 @@ pub struct HttpCheck {
     pub proxy_header: bool,
 }
 
-/// Everything one probe loop needs, resolved from the listener and the backend.
+/// Everything the checks of one target need, resolved from the listener and the backend.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     pub addr: SocketAddr,

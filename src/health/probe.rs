@@ -4,10 +4,11 @@
 //! thousands of targets probed every second would otherwise leave as many sockets
 //! in TIME_WAIT on the balancer. The HTTP probe resets too, after the response head.
 //!
-//! A TCP probe is nearly all kernel time, so it makes as few system calls as it
-//! can: its socket is kept from one probe to the next (see [`Prober`]), and a probe
-//! is `connect`, usually a second `connect` that reports the outcome, and a
-//! disconnect that sends the reset.
+//! A TCP probe is half-open: SYN, SYN-ACK, reset (see [`tcp_socket`]). It is
+//! nearly all kernel time, so it makes as few system calls as it can: its socket is
+//! kept from one probe to the next (see [`Prober`]), and a probe is `connect`,
+//! usually a second `connect` that reports the outcome, and a disconnect that sends
+//! the reset.
 
 use super::{HttpCheck, Probe, Target};
 use crate::config::HttpCodes;
