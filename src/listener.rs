@@ -128,18 +128,23 @@ impl ConnectionLimit {
     }
 }
 
-/// `max_connections = 0`: two descriptors per proxied connection, keeping some back
-/// for the admin server, probes and logs.
-pub fn derived_max_connections() -> usize {
-    const RESERVED_FDS: u64 = 128;
+/// `max_connections = 0`: two descriptors per proxied connection, from what is left
+/// once `kept` descriptors (TCP probe sockets, one per checked target) and some for
+/// the admin server, HTTP probes and logs are set aside.
+pub fn derived_max_connections(kept: usize) -> usize {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit only writes the struct we pass.
     let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
-    let fds = if ok { limit.rlim_cur } else { 1024 };
-    usize::try_from(fds.saturating_sub(RESERVED_FDS) / 2)
+    max_connections_for(if ok { limit.rlim_cur } else { 1024 }, kept)
+}
+
+fn max_connections_for(fds: u64, kept: usize) -> usize {
+    const RESERVED_FDS: u64 = 128;
+    let kept = u64::try_from(kept).unwrap_or(u64::MAX);
+    usize::try_from(fds.saturating_sub(RESERVED_FDS).saturating_sub(kept) / 2)
         .unwrap_or(usize::MAX)
         .max(1)
 }
@@ -228,6 +233,16 @@ pub fn is_per_connection_error(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_limit_leaves_room_for_kept_probe_sockets() {
+        assert_eq!(max_connections_for(1024, 0), 448);
+        assert_eq!(max_connections_for(1024, 200), 348);
+        assert_eq!(max_connections_for(1_048_576, 2_000), 523_224);
+        // Never zero, whatever is set aside.
+        assert_eq!(max_connections_for(1024, 5_000), 1);
+        assert_eq!(max_connections_for(0, 0), 1);
+    }
 
     #[test]
     fn accept_backoff_doubles_to_a_second_and_starts_over_after_a_success() {

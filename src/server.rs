@@ -70,7 +70,7 @@ impl Server {
         workers: Workers,
     ) -> Result<Server, BindError> {
         let max = match config.global.max_connections {
-            0 => listener::derived_max_connections(),
+            0 => listener::derived_max_connections(health::kept_sockets(config)),
             n => n,
         };
         let server = Server {

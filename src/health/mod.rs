@@ -118,6 +118,17 @@ impl Target {
     }
 }
 
+/// Descriptors the checks of `config` keep open between probes: one per
+/// TCP-checked backend (weight > 0) of a running listener.
+pub fn kept_sockets(config: &crate::config::Config) -> usize {
+    config
+        .listeners
+        .iter()
+        .filter(|l| l.is_running() && l.health_check.kind == HealthCheckType::Tcp)
+        .map(|l| l.backends.iter().filter(|b| b.weight > 0).count())
+        .sum()
+}
+
 /// A checked target: dropping it stops its checks.
 struct Running {
     id: u64,
@@ -254,4 +265,34 @@ fn health_thread() -> std::io::Result<(tokio::runtime::Handle, DropGuard)> {
         .name("edgelb-health".into())
         .spawn(move || runtime.block_on(stopped.cancelled()))?;
     Ok((handle, stop.drop_guard()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_sockets_counts_tcp_checked_backends_of_running_listeners() {
+        let backends = |lb: &str| {
+            format!(
+                "[[load_balancers]]\nid = \"{lb}\"\n\
+                 [[load_balancers.backend_servers]]\nserver_id = \"a\"\nip = \"10.0.0.1\"\nport = 80\n\
+                 [[load_balancers.backend_servers]]\nserver_id = \"b\"\nip = \"10.0.0.2\"\nport = 80\n\
+                 [[load_balancers.backend_servers]]\nserver_id = \"c\"\nip = \"10.0.0.3\"\nport = 80\nweight = 0\n"
+            )
+        };
+        let text = format!(
+            "{}{}{}\
+             [[listeners]]\nload_balancer_id = \"tcp\"\nlistener_port = 80\n\
+             [[listeners]]\nload_balancer_id = \"http\"\nlistener_port = 81\n\
+             health_check_type = \"http\"\nhealth_check_uri = \"/health\"\n\
+             [[listeners]]\nload_balancer_id = \"stopped\"\nlistener_port = 82\nstatus = \"stopped\"\n",
+            backends("tcp"),
+            backends("http"),
+            backends("stopped")
+        );
+        let config = crate::config::Config::parse(&text, None).unwrap();
+        // Two weighted backends of the one running TCP-checked listener.
+        assert_eq!(kept_sockets(&config), 2);
+    }
 }
