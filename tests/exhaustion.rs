@@ -39,10 +39,24 @@ async fn try_client(addr: std::net::SocketAddr) -> (TcpStream, Fate) {
     (c, fate)
 }
 
-/// The binary on `text` under `RLIMIT_NOFILE = NOFILE`, listening on `port`.
-fn start_limited(text: &str, port: u16) -> (Edgelb, std::net::SocketAddr) {
+/// The binary under `RLIMIT_NOFILE = NOFILE`, a connection cap far above what that
+/// allows, one listener to `backend` with `checks`, and an admin server; returned
+/// once the backend is checked healthy (a TCP probe's socket, kept between probes,
+/// is open by then). Also returns the listener's and the admin server's addresses.
+async fn start_limited(
+    backend: std::net::SocketAddr,
+    checks: &str,
+) -> (Edgelb, std::net::SocketAddr, u16) {
+    let port = free_port();
+    let admin_port = free_port();
+    let text = config_text(&[("b1", backend, 100)], "max_connections = 100000", checks)
+        .replace(
+            "address = \"\"",
+            &format!("address = \"127.0.0.1:{admin_port}\""),
+        )
+        .replace("listener_port = 80", &format!("listener_port = {port}"));
     let mut lb = Edgelb::start(
-        text,
+        &text,
         Options {
             nofile: Some(NOFILE),
             ..Options::default()
@@ -50,7 +64,11 @@ fn start_limited(text: &str, port: u16) -> (Edgelb, std::net::SocketAddr) {
     );
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     lb.wait_listening(addr);
-    (lb, addr)
+    wait_until("the backend checked healthy", || {
+        lb.log_text().contains("to=healthy")
+    })
+    .await;
+    (lb, addr, admin_port)
 }
 
 /// What [`exhaust`] holds to keep edgelb out of descriptors.
@@ -109,25 +127,9 @@ async fn exhaust(addr: std::net::SocketAddr, admin_port: u16) -> Exhausted {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_refuses_cleanly_does_not_spin_and_recovers() {
     let backend = echo_backend().await;
-    let port = free_port();
-    let admin_port = free_port();
-    let text = config_text(
-        &[("b1", backend.addr, 100)],
-        "max_connections = 100000",
-        // One probe at start, then none for the test's length.
-        "health_check_interval = 50",
-    )
-    .replace(
-        "address = \"\"",
-        &format!("address = \"127.0.0.1:{admin_port}\""),
-    )
-    .replace("listener_port = 80", &format!("listener_port = {port}"));
-    let (mut lb, addr) = start_limited(&text, port);
-    // After the first probe, whose socket is kept between probes.
-    wait_until("the backend checked healthy", || {
-        lb.log_text().contains("to=healthy")
-    })
-    .await;
+    // One probe at start, then none for the test's length.
+    let (mut lb, addr, admin_port) =
+        start_limited(backend.addr, "health_check_interval = 50").await;
     let baseline_fds = fd_count(lb.pid());
 
     let Exhausted {
@@ -233,27 +235,12 @@ async fn http_ok_backend() -> Backend {
 async fn running_out_of_descriptors_does_not_fail_the_backends_health_checks() {
     let backend = echo_backend().await;
     let health = http_ok_backend().await;
-    let port = free_port();
-    let admin_port = free_port();
-    let text = config_text(
-        &[("b1", backend.addr, 100)],
-        "max_connections = 100000",
-        // An HTTP probe needs a new socket every second.
-        &format!(
-            "health_check_type = \"http\"\nhealth_check_uri = \"/health\"\nhealth_check_interval = 1\nhealth_check_connect_timeout = 1\nunhealthy_threshold = 2\nhealth_check_connect_port = {}",
-            health.addr.port()
-        ),
-    )
-    .replace(
-        "address = \"\"",
-        &format!("address = \"127.0.0.1:{admin_port}\""),
-    )
-    .replace("listener_port = 80", &format!("listener_port = {port}"));
-    let (mut lb, addr) = start_limited(&text, port);
-    wait_until("the backend checked healthy", || {
-        lb.log_text().contains("to=healthy")
-    })
-    .await;
+    // An HTTP probe needs a new socket every second.
+    let checks = format!(
+        "health_check_type = \"http\"\nhealth_check_uri = \"/health\"\nhealth_check_interval = 1\nhealth_check_connect_timeout = 1\nunhealthy_threshold = 2\nhealth_check_connect_port = {}",
+        health.addr.port()
+    );
+    let (mut lb, addr, admin_port) = start_limited(backend.addr, &checks).await;
 
     // Every descriptor taken: probes cannot get a socket.
     let held = exhaust(addr, admin_port).await;
