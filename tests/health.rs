@@ -372,3 +372,75 @@ async fn a_probe_in_flight_ends_when_its_backend_stops_being_checked() {
     assert_eq!(health(&lb, 0), HEALTH_UNKNOWN);
     assert_eq!(backend(&lb, 0).checks.failures(), 0, "no verdict recorded");
 }
+
+/// When each of backend 0's probes ran, observed every 10 ms of (paused) time
+/// until `count` more have run. A TCP probe of a loopback backend completes as it
+/// starts, so this is when they started, to within a step.
+async fn probe_times(lb: &Lb, count: u64) -> Vec<tokio::time::Instant> {
+    let checks = &backend(lb, 0).checks;
+    let mut seen = checks.successes();
+    let until = seen + count;
+    let mut times = Vec::new();
+    while seen < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let now = checks.successes();
+        if now > seen {
+            assert_eq!(now, seen + 1, "two probes within 10 ms");
+            times.push(tokio::time::Instant::now());
+            seen = now;
+        }
+    }
+    times
+}
+
+fn gaps(times: &[tokio::time::Instant]) -> Vec<Duration> {
+    times.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+fn assert_every(gaps: &[Duration], interval: Duration) {
+    for gap in gaps {
+        let off = gap.abs_diff(interval);
+        assert!(
+            off <= Duration::from_millis(20),
+            "gap {gap:?}, not {interval:?}: {gaps:?}"
+        );
+    }
+}
+
+/// Cadence on tokio's paused clock: the first probe at once, the second half an
+/// interval to an interval and a half later, then one per interval; a reload with a
+/// new interval applies it from the last probe on.
+#[tokio::test(start_paused = true)]
+async fn probes_keep_their_cadence_and_a_reload_changes_it_from_the_last_probe() {
+    let b1 = echo_backend().await;
+    let checks = |interval: u64| {
+        format!("health_check_interval = {interval}\nhealth_check_connect_timeout = 1")
+    };
+    let list = [("b1", b1.addr, 100)];
+    let started = tokio::time::Instant::now();
+    let lb = start_lb(&config_text(&list, "", &checks(2)));
+    let times = probe_times(&lb, 5).await;
+    assert!(
+        times[0] - started < Duration::from_millis(20),
+        "first probe after {:?}",
+        times[0] - started
+    );
+    let second = times[1] - times[0];
+    assert!(
+        second >= Duration::from_secs(1) && second < Duration::from_secs(3),
+        "second probe {second:?} after the first"
+    );
+    assert_every(&gaps(&times[1..]), Duration::from_secs(2));
+
+    // Mid-interval: the next probe is 5 s after the last one, not after the reload.
+    let last = *times.last().unwrap();
+    tokio::time::sleep_until(last + Duration::from_secs(1)).await;
+    lb.server
+        .apply(&parse(&config_text(&list, "", &checks(5))))
+        .unwrap();
+    let after = probe_times(&lb, 3).await;
+    assert_every(
+        &gaps(&[&[last][..], &after[..]].concat()),
+        Duration::from_secs(5),
+    );
+}
