@@ -75,9 +75,10 @@ pub fn default_binder() -> Binder {
     Arc::new(bind)
 }
 
-/// The process-wide cap on open client connections (`max_connections`).
+/// The process-wide cap on open client connections (`max_connections`); a reload
+/// may change it.
 pub struct ConnectionLimit {
-    max: usize,
+    max: AtomicUsize,
     open: AtomicUsize,
     /// The most open at once since [`ConnectionLimit::take_peak`] last looked.
     peak: AtomicUsize,
@@ -96,7 +97,7 @@ impl Drop for Permit {
 impl ConnectionLimit {
     pub fn new(max: usize) -> Arc<Self> {
         Arc::new(ConnectionLimit {
-            max,
+            max: AtomicUsize::new(max),
             open: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             warning: WarnEvery::new(WARN_EVERY_SECS),
@@ -104,7 +105,12 @@ impl ConnectionLimit {
     }
 
     pub fn max(&self) -> usize {
-        self.max
+        self.max.load(Ordering::Relaxed)
+    }
+
+    /// A new cap: connections open past it stay; new ones wait for room below it.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
     }
 
     pub fn open(&self) -> usize {
@@ -112,10 +118,11 @@ impl ConnectionLimit {
     }
 
     pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        let max = self.max();
         let before = self
             .open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max).then_some(n + 1)
+                (n < max).then_some(n + 1)
             })
             .ok()?;
         self.peak.fetch_max(before + 1, Ordering::Relaxed);

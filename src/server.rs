@@ -69,10 +69,7 @@ impl Server {
         binder: Binder,
         workers: Workers,
     ) -> Result<Server, BindError> {
-        let max = match config.global.max_connections {
-            0 => listener::derived_max_connections(health::kept_sockets(config)),
-            n => n,
-        };
+        let max = max_connections(config);
         let server = Server {
             shared: Arc::new(Shared {
                 limit: ConnectionLimit::new(max),
@@ -119,6 +116,11 @@ impl Server {
         }
         state.global = config.global.clone();
         let global = state.global.clone();
+        let max = max_connections(config);
+        if max != self.shared.limit.max() {
+            self.shared.limit.set_max(max);
+            tracing::info!(max_connections = max, "connection limit changed");
+        }
         let wanted: HashMap<ListenerKey, &Listener> =
             config.listeners.iter().map(|l| (key_of(l), l)).collect();
         // Removed listeners: stop accepting; their connections hold the runtime.
@@ -263,5 +265,14 @@ fn stop_accepting(key: &ListenerKey, entry: &mut Entry) {
     if let Some(accepting) = entry.accepting.take() {
         accepting.stop.cancel();
         tracing::info!(load_balancer_id = %key.0, listener = key.1, address = %accepting.local, "stopped listening");
+    }
+}
+
+/// The connection cap `config` asks for: `max_connections`, or one derived from the
+/// open-file limit when that is 0.
+fn max_connections(config: &Config) -> usize {
+    match config.global.max_connections {
+        0 => listener::derived_max_connections(health::kept_sockets(config)),
+        n => n,
     }
 }

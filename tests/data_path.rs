@@ -201,6 +201,58 @@ async fn max_connections_refuses_past_the_cap_and_recovers() {
     assert_eq!(read_n(&mut fourth, 1).await, b"y");
 }
 
+/// An echoed connection through `addr`, or `None` when the balancer closed it.
+async fn try_echo(addr: std::net::SocketAddr) -> Option<TcpStream> {
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"x").await.ok()?;
+    let mut buf = [0u8; 1];
+    match tokio::time::timeout(GENEROUS, c.read(&mut buf))
+        .await
+        .unwrap()
+    {
+        Ok(1) => Some(c),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_max_connections() {
+    let backend = echo_backend().await;
+    let text = |max: u32| {
+        config_text(
+            &[("b1", backend.addr, 100)],
+            &format!("max_connections = {max}"),
+            "",
+        )
+    };
+    let lb = start_lb(&text(2));
+    let addr = lb.addr("lb", 80);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(try_echo(addr).await.expect("under the cap"));
+    }
+    assert!(
+        try_echo(addr).await.is_none(),
+        "a third past max_connections = 2"
+    );
+
+    lb.server.apply(&parse(&text(3))).unwrap();
+    held.push(try_echo(addr).await.expect("the raised cap admits a third"));
+
+    // Lowered below what is open: those stay, new ones wait for room.
+    lb.server.apply(&parse(&text(1))).unwrap();
+    assert!(try_echo(addr).await.is_none(), "past max_connections = 1");
+    let mut kept = held.pop().unwrap();
+    kept.write_all(b"y").await.unwrap();
+    assert_eq!(read_n(&mut kept, 1).await, b"y", "open connections run on");
+    drop(held);
+    wait_until("one open", || lb.server.open_connections() == 1).await;
+    assert!(try_echo(addr).await.is_none(), "still at the cap of 1");
+    drop(kept);
+    wait_until("none open", || lb.server.open_connections() == 0).await;
+    assert!(try_echo(addr).await.is_some(), "room under the cap of 1");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_listeners_and_backends_work() {
     let Ok(listener) = tokio::net::TcpListener::bind("[::1]:0").await else {
