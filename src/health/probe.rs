@@ -61,8 +61,6 @@ pub enum ProbeError {
 pub struct Prober {
     /// The kept socket, and whether it is IPv6.
     tcp: Option<(socket2::Socket, bool)>,
-    /// The kept socket's handshake is under way: `start` began it.
-    connecting: bool,
 }
 
 /// What [`Prober::start`] came to.
@@ -71,7 +69,16 @@ pub enum Started {
     /// The outcome is known already.
     Done(Result<(), ProbeError>),
     /// The probe goes on: [`Prober::finish`] waits for its outcome.
-    Waiting,
+    Waiting(Pending),
+}
+
+/// A probe [`Prober::start`] left going.
+#[derive(Debug)]
+pub enum Pending {
+    /// A TCP handshake under way, on this socket.
+    Handshake(socket2::Socket),
+    /// An HTTP probe, not begun: it is all waiting.
+    Http,
 }
 
 impl Prober {
@@ -80,7 +87,7 @@ impl Prober {
     /// anything else is left waiting for [`Prober::finish`].
     pub fn start(&mut self, target: &Target) -> Started {
         let Probe::Tcp = target.probe else {
-            return Started::Waiting;
+            return Started::Waiting(Pending::Http);
         };
         let addr = target.addr;
         let socket = match self.take_socket(addr) {
@@ -92,22 +99,30 @@ impl Prober {
                 self.keep(socket, addr);
                 Started::Done(Ok(()))
             }
-            Ok(false) => {
-                self.tcp = Some((socket, addr.is_ipv6()));
-                self.connecting = true;
-                Started::Waiting
-            }
+            Ok(false) => Started::Waiting(Pending::Handshake(socket)),
             Err(e) => Started::Done(Err(connect_error(e))),
         }
     }
 
-    /// Waits for the outcome of a probe that [`Prober::start`] left waiting (or
-    /// runs a whole probe), bounded by the target's effective timeout.
-    pub async fn finish(&mut self, target: &Target) -> Result<(), ProbeError> {
+    /// Waits for the outcome of what [`Prober::start`] left `pending`, bounded by
+    /// the target's effective timeout.
+    pub async fn finish(&mut self, target: &Target, pending: Pending) -> Result<(), ProbeError> {
         let attempt = async {
-            match &target.probe {
-                Probe::Tcp => self.tcp(target.addr).await,
-                Probe::Http(check) => http(target.addr, check).await,
+            match (pending, &target.probe) {
+                (Pending::Handshake(socket), _) => {
+                    // The socket moves into the wait, so a timeout drops (closes)
+                    // it; it is kept only once disconnected.
+                    let socket = wait_handshake(socket, &target.addr.into())
+                        .await
+                        .map_err(connect_error)?;
+                    self.keep(socket, target.addr);
+                    Ok(())
+                }
+                (Pending::Http, Probe::Http(check)) => http(target.addr, check).await,
+                // `start` makes `Pending::Http` only for an HTTP target.
+                (Pending::Http, Probe::Tcp) => Err(ProbeError::Connect(io::Error::other(
+                    "no TCP probe was started",
+                ))),
             }
         };
         match tokio::time::timeout(target.timeout, attempt).await {
@@ -120,35 +135,15 @@ impl Prober {
     pub async fn probe(&mut self, target: &Target) -> Result<(), ProbeError> {
         match self.start(target) {
             Started::Done(result) => result,
-            Started::Waiting => self.finish(target).await,
+            Started::Waiting(pending) => self.finish(target, pending).await,
         }
-    }
-
-    /// Success is the handshake. The socket is taken out for the probe, so a
-    /// timeout drops (closes) it, and put back only once disconnected.
-    async fn tcp(&mut self, addr: SocketAddr) -> Result<(), ProbeError> {
-        let connecting = std::mem::take(&mut self.connecting);
-        let socket = self.take_socket(addr).map_err(connect_error)?;
-        let sockaddr = socket2::SockAddr::from(addr);
-        if !connecting && begin_handshake(&socket, &sockaddr).map_err(connect_error)? {
-            self.keep(socket, addr);
-            return Ok(());
-        }
-        let socket = wait_handshake(socket, &sockaddr)
-            .await
-            .map_err(connect_error)?;
-        self.keep(socket, addr);
-        Ok(())
     }
 
     /// The kept socket if it fits `addr`'s family, else a new one.
     fn take_socket(&mut self, addr: SocketAddr) -> io::Result<socket2::Socket> {
         match self.tcp.take() {
             Some((s, v6)) if v6 == addr.is_ipv6() => Ok(s),
-            _ => {
-                self.connecting = false;
-                tcp_socket(addr)
-            }
+            _ => tcp_socket(addr),
         }
     }
 

@@ -133,13 +133,19 @@ struct Checked {
     backend: Arc<BackendRuntime>,
     target: Arc<Target>,
     state: HealthState,
-    /// `None` while a probe is in flight: its task holds the prober.
-    prober: Option<probe::Prober>,
-    in_flight: Option<tokio::task::AbortHandle>,
-    /// When the last probe started, or the pending one starts.
+    stage: Stage,
+    /// When the last probe started.
     last_start: Instant,
-    next: Option<Instant>,
     first: bool,
+}
+
+/// Where a target is between its probes.
+enum Stage {
+    /// The next probe starts at `at`, with this prober.
+    Due { at: Instant, prober: probe::Prober },
+    /// A probe is under way: inline (`None`) or in a task of its own, which holds
+    /// the prober until it reports back.
+    Probing(Option<tokio::task::AbortHandle>),
 }
 
 /// Every target's probes, on one task; see the module documentation.
@@ -148,8 +154,8 @@ pub struct Sweep {
     finished_tx: mpsc::UnboundedSender<Finished>,
     finished: mpsc::UnboundedReceiver<Finished>,
     targets: HashMap<u64, Checked>,
-    /// Pending starts, earliest first. An entry whose time is no longer its
-    /// target's `next` (rescheduled, removed) is skipped.
+    /// Pending starts, earliest first. An entry that is no longer its target's
+    /// due time (rescheduled, removed) is skipped.
     due: BinaryHeap<Reverse<(Instant, u64)>>,
     epoch: Instant,
 }
@@ -186,11 +192,7 @@ impl Sweep {
                     None => break,
                 },
                 Some(done) = self.finished.recv() => {
-                    if let Some(checked) = self.targets.get_mut(&done.id) {
-                        checked.prober = Some(done.prober);
-                        checked.in_flight = None;
-                        self.complete(done.id, done.result);
-                    }
+                    self.complete(done.id, done.result, done.prober, Instant::now());
                 }
                 () = &mut sleep, if wake.is_some() => self.start_due(),
             }
@@ -217,10 +219,11 @@ impl Sweep {
                         backend,
                         target,
                         state,
-                        prober: Some(probe::Prober::default()),
-                        in_flight: None,
+                        stage: Stage::Due {
+                            at: now,
+                            prober: probe::Prober::default(),
+                        },
                         last_start: now,
-                        next: Some(now),
                         first: true,
                     },
                 );
@@ -234,19 +237,17 @@ impl Sweep {
                     .state
                     .set_thresholds(target.healthy_threshold, target.unhealthy_threshold);
                 // A new interval applies from the pending wait on, from the last
-                // start (a probe in flight uses it when it ends).
-                if !checked.first
-                    && checked.next.is_some()
-                    && target.interval != checked.target.interval
-                {
-                    let next = next_start(
-                        checked.last_start,
-                        target.interval,
-                        Instant::now(),
-                        self.epoch,
-                    );
-                    checked.next = Some(next);
-                    self.due.push(Reverse((next, id)));
+                // start (a probe under way uses it when it ends).
+                if let Stage::Due { at, .. } = &mut checked.stage {
+                    if !checked.first && target.interval != checked.target.interval {
+                        *at = next_start(
+                            checked.last_start,
+                            target.interval,
+                            Instant::now(),
+                            self.epoch,
+                        );
+                        self.due.push(Reverse((*at, id)));
+                    }
                 }
                 checked.target = target;
             }
@@ -269,39 +270,43 @@ impl Sweep {
             let Some(checked) = self.targets.get_mut(&id) else {
                 continue;
             };
-            if checked.next != Some(at) {
-                continue;
-            }
-            let Some(mut prober) = checked.prober.take() else {
-                continue;
+            let mut prober = match std::mem::replace(&mut checked.stage, Stage::Probing(None)) {
+                Stage::Due { at: due, prober } if due == at => prober,
+                // A stale entry: leave the target as it is.
+                stage => {
+                    checked.stage = stage;
+                    continue;
+                }
             };
-            checked.next = None;
             checked.last_start = at;
             match prober.start(&checked.target) {
-                probe::Started::Done(result) => {
-                    checked.prober = Some(prober);
-                    self.complete(id, result);
-                }
-                probe::Started::Waiting => {
+                probe::Started::Done(result) => self.complete(id, result, prober, now),
+                probe::Started::Waiting(pending) => {
                     let target = checked.target.clone();
                     let report = self.finished_tx.clone();
                     let task = tokio::spawn(async move {
-                        let result = prober.finish(&target).await;
+                        let result = prober.finish(&target, pending).await;
                         let _ = report.send(Finished { id, prober, result });
                     });
-                    checked.in_flight = Some(task.abort_handle());
+                    checked.stage = Stage::Probing(Some(task.abort_handle()));
                 }
             }
         }
     }
 
-    /// Records a probe's result and schedules the target's next probe.
-    fn complete(&mut self, id: u64, result: Result<(), probe::ProbeError>) {
+    /// Records a probe's result, ended at `now`, and schedules the target's next
+    /// probe (unless it is no longer checked).
+    fn complete(
+        &mut self,
+        id: u64,
+        result: Result<(), probe::ProbeError>,
+        prober: probe::Prober,
+        now: Instant,
+    ) {
         let Some(checked) = self.targets.get_mut(&id) else {
             return;
         };
         checked.record(result);
-        let now = Instant::now();
         let interval = checked.target.interval;
         let next = if checked.first {
             let phase = phase(
@@ -316,7 +321,7 @@ impl Sweep {
             next_start(checked.last_start, interval, now, self.epoch)
         };
         checked.first = false;
-        checked.next = Some(next);
+        checked.stage = Stage::Due { at: next, prober };
         self.due.push(Reverse((next, id)));
     }
 }
@@ -325,7 +330,7 @@ impl Checked {
     /// No longer checked: a probe in flight is dropped, and the backend's health
     /// is unknown again.
     fn forget(self) {
-        if let Some(task) = self.in_flight {
+        if let Stage::Probing(Some(task)) = self.stage {
             task.abort();
         }
         self.backend.health.store(HEALTH_UNKNOWN, Ordering::Relaxed);
