@@ -30,13 +30,18 @@ enum Fate {
 async fn try_client(addr: std::net::SocketAddr) -> (TcpStream, Fate) {
     let mut c = TcpStream::connect(addr).await.unwrap();
     c.write_all(b"x").await.unwrap();
+    let fate = fate_within(&mut c, Duration::from_millis(500)).await;
+    (c, fate)
+}
+
+/// What became of a client that sent its byte, given `wait` for an answer.
+async fn fate_within(c: &mut TcpStream, wait: Duration) -> Fate {
     let mut buf = [0u8; 1];
-    let fate = match tokio::time::timeout(Duration::from_millis(500), c.read(&mut buf)).await {
+    match tokio::time::timeout(wait, c.read(&mut buf)).await {
         Ok(Ok(1)) => Fate::Served,
         Ok(_) => Fate::Closed,
         Err(_) => Fate::Waiting,
-    };
-    (c, fate)
+    }
 }
 
 /// The binary under `RLIMIT_NOFILE = NOFILE`, a connection cap far above what that
@@ -99,13 +104,7 @@ async fn exhaust(addr: std::net::SocketAddr, admin_port: u16) -> Exhausted {
     for _ in 0..NOFILE * 2 {
         let (mut c, mut fate) = try_client(addr).await;
         if matches!(fate, Fate::Waiting) {
-            let mut buf = [0u8; 1];
-            fate = match tokio::time::timeout(Duration::from_millis(1_500), c.read(&mut buf)).await
-            {
-                Ok(Ok(1)) => Fate::Served,
-                Ok(_) => Fate::Closed,
-                Err(_) => Fate::Waiting,
-            };
+            fate = fate_within(&mut c, Duration::from_millis(1_500)).await;
         }
         match fate {
             Fate::Served => held.served.push(c),
