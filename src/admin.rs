@@ -93,10 +93,10 @@ impl AdminState {
             return false;
         };
         let bound = server.local_addrs();
-        server.runtimes().iter().all(|rt| {
-            !rt.view.load().listener.is_running()
-                || bound.contains_key(&(rt.load_balancer_id.clone(), rt.listener_port))
-        })
+        server
+            .runtimes()
+            .iter()
+            .all(|rt| !rt.view.load().listener.is_running() || bound.contains_key(&rt.key))
     }
 }
 

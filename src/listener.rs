@@ -200,7 +200,7 @@ pub async fn accept_loop(
             Err(e) if is_per_connection_error(&e) => continue,
             Err(e) => {
                 let pause = backoff.next_pause();
-                tracing::warn!(listener = %runtime.listener_port, error = %e, pause_ms = pause.as_millis() as u64, "accept failed; pausing");
+                tracing::warn!(listener = %runtime.key.listener_port, error = %e, pause_ms = pause.as_millis() as u64, "accept failed; pausing");
                 tokio::select! {
                     () = &mut stopped => break,
                     () = tokio::time::sleep(pause) => {}
@@ -213,8 +213,8 @@ pub async fn accept_loop(
             runtime.metrics.rejected_max_connections.increment(1);
             if shared.limit.warning.due() {
                 tracing::warn!(
-                    load_balancer_id = %runtime.load_balancer_id,
-                    listener = runtime.listener_port,
+                    load_balancer_id = %runtime.key.load_balancer_id,
+                    listener = runtime.key.listener_port,
                     max_connections = shared.limit.max(),
                     "max_connections reached: refusing new connections"
                 );

@@ -55,12 +55,12 @@ pub async fn handle(
         Ok(connected) => connected,
         Err(Reject::NoBackend) => {
             metrics.rejected_no_backend.increment(1);
-            tracing::debug!(client = %peer, listener = runtime.listener_port, "no backend with weight > 0");
+            tracing::debug!(client = %peer, listener = runtime.key.listener_port, "no backend with weight > 0");
             return;
         }
         Err(Reject::ConnectFailed) => {
             metrics.rejected_connect_failed.increment(1);
-            tracing::debug!(client = %peer, listener = runtime.listener_port, "no backend could be reached");
+            tracing::debug!(client = %peer, listener = runtime.key.listener_port, "no backend could be reached");
             return;
         }
     };
@@ -75,14 +75,14 @@ pub async fn handle(
     // One count for wlc and /status, one gauge for Prometheus.
     let _backend_active = LiveGuard::new(&state.metrics.active, &*state.active);
     state.metrics.connections.increment(1);
-    tracing::debug!(client = %peer, backend = %view.listener.backends[index].addr, listener = runtime.listener_port, "proxying");
+    tracing::debug!(client = %peer, backend = %view.listener.backends[index].addr, listener = runtime.key.listener_port, "proxying");
     let idle = view.listener.established_timeout;
     let close = copy_both_ways(client, backend, idle, &runtime, state).await;
     if close == Close::IdleTimeout {
         metrics.idle_timeouts.increment(1);
     }
     metrics.duration.record(started.elapsed().as_secs_f64());
-    tracing::debug!(client = %peer, listener = runtime.listener_port, ?close, "closed");
+    tracing::debug!(client = %peer, listener = runtime.key.listener_port, ?close, "closed");
 }
 
 enum Reject {

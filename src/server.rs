@@ -1,7 +1,7 @@
 //! The set of listeners of a running process: start, apply a new configuration
 //! (reload), and drain.
 
-use crate::config::{Config, Global, Listener};
+use crate::config::{Config, Global, Listener, ListenerKey};
 use crate::health;
 use crate::listener::{self, accept_loop, Binder, ConnectionLimit, Shared};
 use crate::snapshot::ListenerRuntime;
@@ -12,9 +12,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// `(load_balancer_id, listener_port)`.
-pub type ListenerKey = (String, u16);
 
 /// A listener could not bind its socket.
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +98,7 @@ impl Server {
         let state = &mut *state;
         let mut bound = HashMap::new();
         for l in config.listeners.iter().filter(|l| l.is_running()) {
-            let key = key_of(l);
+            let key = l.key();
             let current = state.listeners.get(&key).and_then(|e| e.accepting.as_ref());
             if current.is_some_and(|a| a.configured == l.bind) {
                 continue;
@@ -122,7 +119,7 @@ impl Server {
             tracing::info!(max_connections = max, "connection limit changed");
         }
         let wanted: HashMap<ListenerKey, &Listener> =
-            config.listeners.iter().map(|l| (key_of(l), l)).collect();
+            config.listeners.iter().map(|l| (l.key(), l)).collect();
         // Removed listeners: stop accepting; their connections hold the runtime.
         state.listeners.retain(|key, entry| {
             let keep = wanted.contains_key(key);
@@ -173,7 +170,7 @@ impl Server {
             .and_then(|s| s.local_addr().ok())
             .unwrap_or(configured);
         let stop = CancellationToken::new();
-        tracing::info!(load_balancer_id = %runtime.load_balancer_id, listener = runtime.listener_port, address = %local, sockets = sockets.len(), "listening");
+        tracing::info!(load_balancer_id = %runtime.key.load_balancer_id, listener = runtime.key.listener_port, address = %local, sockets = sockets.len(), "listening");
         for (socket, worker) in sockets.into_iter().zip(self.workers.handles()) {
             let (runtime, shared, stop) = (runtime.clone(), self.shared.clone(), stop.clone());
             // Registered with the worker's own reactor, from the worker.
@@ -181,7 +178,7 @@ impl Server {
                 match tokio::net::TcpListener::from_std(socket) {
                     Ok(listener) => accept_loop(listener, runtime, shared, stop).await,
                     Err(e) => {
-                        tracing::error!(load_balancer_id = %runtime.load_balancer_id, listener = runtime.listener_port, error = %e, "cannot register the listening socket");
+                        tracing::error!(load_balancer_id = %runtime.key.load_balancer_id, listener = runtime.key.listener_port, error = %e, "cannot register the listening socket");
                     }
                 }
             });
@@ -257,14 +254,10 @@ impl Server {
     }
 }
 
-fn key_of(l: &Listener) -> ListenerKey {
-    (l.spec.load_balancer_id.clone(), l.spec.listener_port)
-}
-
 fn stop_accepting(key: &ListenerKey, entry: &mut Entry) {
     if let Some(accepting) = entry.accepting.take() {
         accepting.stop.cancel();
-        tracing::info!(load_balancer_id = %key.0, listener = key.1, address = %accepting.local, "stopped listening");
+        tracing::info!(load_balancer_id = %key.load_balancer_id, listener = key.listener_port, address = %accepting.local, "stopped listening");
     }
 }
 

@@ -6,7 +6,7 @@
 //! only the listener it belongs to. Within a listener, backends, selector and health
 //! are in the one snapshot, so a pick never sees a selector built for other backends.
 
-use crate::config::{self, Global};
+use crate::config::{self, Global, ListenerKey};
 use crate::metrics::{BackendMetrics, ListenerMetrics};
 use crate::persistence::PersistenceTable;
 use crate::scheduler::{Algorithm, Candidate, LiveCount, Selector};
@@ -72,8 +72,7 @@ const PURGE_EVERY: Duration = Duration::from_secs(1);
 
 /// A listener's lasting state: its current view, metrics and backend states.
 pub struct ListenerRuntime {
-    pub load_balancer_id: String,
-    pub listener_port: u16,
+    pub key: ListenerKey,
     pub view: ArcSwap<ListenerView>,
     /// Serialises rebuilds (a reload and a health change may race: the later one must
     /// not publish a view built from the older config) and keeps the global settings
@@ -101,17 +100,13 @@ fn algorithm(s: config::Scheduler) -> Algorithm {
 
 impl ListenerRuntime {
     pub fn new(listener: config::Listener, global: &Global) -> Arc<ListenerRuntime> {
-        let (id, port) = (
-            listener.spec.load_balancer_id.clone(),
-            listener.spec.listener_port,
-        );
-        let metrics = ListenerMetrics::new(&id, port);
+        let key = listener.key();
+        let metrics = ListenerMetrics::new(&key.load_balancer_id, key.listener_port);
         let backends = Mutex::new(HashMap::new());
         let rt = ListenerRuntime {
-            view: ArcSwap::from_pointee(Self::build(&id, port, &backends, listener, global)),
+            view: ArcSwap::from_pointee(Self::build(&key, &backends, listener, global)),
             rebuild_lock: Mutex::new(global.clone()),
-            load_balancer_id: id,
-            listener_port: port,
+            key,
             metrics,
             active: AtomicU64::new(0),
             persistence: PersistenceTable::new(Duration::ZERO, global.persistence_max_entries),
@@ -150,13 +145,7 @@ impl ListenerRuntime {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         last.clone_from(global);
-        let view = Self::build(
-            &self.load_balancer_id,
-            self.listener_port,
-            &self.backends,
-            listener,
-            global,
-        );
+        let view = Self::build(&self.key, &self.backends, listener, global);
         self.publish(view);
     }
 
@@ -168,13 +157,7 @@ impl ListenerRuntime {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let listener = self.view.load().listener.clone();
-        let view = Self::build(
-            &self.load_balancer_id,
-            self.listener_port,
-            &self.backends,
-            listener,
-            &global,
-        );
+        let view = Self::build(&self.key, &self.backends, listener, &global);
         self.publish(view);
     }
 
@@ -187,8 +170,7 @@ impl ListenerRuntime {
     }
 
     fn build(
-        id: &str,
-        port: u16,
+        key: &ListenerKey,
         states: &Mutex<HashMap<Arc<str>, Arc<BackendRuntime>>>,
         listener: config::Listener,
         global: &Global,
@@ -202,7 +184,11 @@ impl ListenerRuntime {
                 states
                     .entry(b.server_id.clone())
                     .or_insert_with(|| {
-                        let metrics = BackendMetrics::new(id, port, &b.server_id);
+                        let metrics = BackendMetrics::new(
+                            &key.load_balancer_id,
+                            key.listener_port,
+                            &b.server_id,
+                        );
                         metrics.healthy.set(1.0);
                         Arc::new(BackendRuntime {
                             server_id: b.server_id.clone(),

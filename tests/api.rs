@@ -248,7 +248,7 @@ fn accepting(api: &Api, port: u16) -> Option<SocketAddr> {
     api.lb
         .server
         .local_addrs()
-        .get(&("lb-a".to_string(), port))
+        .get(&edgelb::config::ListenerKey::new("lb-a", port))
         .copied()
 }
 

@@ -33,7 +33,7 @@ fn start_on_workers(text: &str, n: usize) -> Arc<Server> {
 }
 
 fn addr(server: &Server) -> SocketAddr {
-    server.local_addrs()[&("lb".to_string(), 80)]
+    server.local_addrs()[&edgelb::config::ListenerKey::new("lb", 80)]
 }
 
 async fn echo_round_trip(addr: SocketAddr, message: Vec<u8>) {

@@ -62,10 +62,7 @@ pub fn collect(server: &Server) -> Vec<ListenerStatus> {
     server
         .runtimes()
         .iter()
-        .map(|rt| {
-            let key = (rt.load_balancer_id.clone(), rt.listener_port);
-            listener_status(rt, bound.get(&key).copied())
-        })
+        .map(|rt| listener_status(rt, bound.get(&rt.key).copied()))
         .collect()
 }
 
@@ -91,8 +88,8 @@ fn listener_status(rt: &ListenerRuntime, bound: Option<SocketAddr>) -> ListenerS
         })
         .collect();
     ListenerStatus {
-        load_balancer_id: rt.load_balancer_id.clone(),
-        listener_port: rt.listener_port,
+        load_balancer_id: rt.key.load_balancer_id.clone(),
+        listener_port: rt.key.listener_port,
         description: l.spec.description.clone(),
         address: l.bind.to_string(),
         bound_address: bound.map(|a| a.to_string()),

@@ -234,6 +234,29 @@ pub struct Backend {
     pub health_check_host: String,
 }
 
+/// What identifies a listener: its load balancer and port. Built by
+/// [`ListenerKey::new`] (and [`Listener::key`]) only.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerKey {
+    pub load_balancer_id: String,
+    pub listener_port: u16,
+}
+
+impl ListenerKey {
+    pub fn new(load_balancer_id: &str, listener_port: u16) -> ListenerKey {
+        ListenerKey {
+            load_balancer_id: load_balancer_id.to_string(),
+            listener_port,
+        }
+    }
+}
+
+impl std::fmt::Display for ListenerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.load_balancer_id, self.listener_port)
+    }
+}
+
 /// A validated listener with everything the data path needs resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listener {
@@ -296,9 +319,15 @@ impl Listener {
         }
     }
 
-    /// `(load_balancer_id, listener_port)`: what identifies a listener.
-    pub fn key(&self) -> (&str, u16) {
-        (&self.spec.load_balancer_id, self.spec.listener_port)
+    /// What identifies this listener.
+    pub fn key(&self) -> ListenerKey {
+        ListenerKey::new(&self.spec.load_balancer_id, self.spec.listener_port)
+    }
+
+    /// Whether this is the listener `key` names (no allocation).
+    pub fn is(&self, key: &ListenerKey) -> bool {
+        self.spec.listener_port == key.listener_port
+            && self.spec.load_balancer_id == key.load_balancer_id
     }
 
     pub fn is_running(&self) -> bool {
@@ -339,6 +368,6 @@ impl Config {
     pub fn listener(&self, load_balancer_id: &str, port: u16) -> Option<&Listener> {
         self.listeners
             .iter()
-            .find(|l| l.key() == (load_balancer_id, port))
+            .find(|l| l.spec.listener_port == port && l.spec.load_balancer_id == load_balancer_id)
     }
 }

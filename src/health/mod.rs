@@ -30,8 +30,7 @@
 pub mod probe;
 pub mod task;
 
-use crate::config::{Backend, HealthCheckType, HttpCodes, Listener};
-use crate::server::ListenerKey;
+use crate::config::{Backend, HealthCheckType, HttpCodes, Listener, ListenerKey};
 use crate::snapshot::{BackendRuntime, ListenerRuntime};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -183,10 +182,7 @@ impl Checks {
     /// `runtime.update(listener)`: checks start for new backends, stop for removed
     /// ones (or all, when the listener is stopped), and get the new settings.
     pub fn sync(&mut self, runtime: &Arc<ListenerRuntime>, listener: &Listener) {
-        let key = (
-            listener.spec.load_balancer_id.clone(),
-            listener.spec.listener_port,
-        );
+        let key = listener.key();
         if !listener.is_running() {
             self.stop(&key);
             return;

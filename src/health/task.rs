@@ -310,8 +310,8 @@ impl Sweep {
         let interval = checked.target.interval;
         let next = if checked.first {
             let phase = phase(
-                &checked.runtime.load_balancer_id,
-                checked.runtime.listener_port,
+                &checked.runtime.key.load_balancer_id,
+                checked.runtime.key.listener_port,
                 &checked.backend.server_id,
                 interval,
             );
@@ -347,7 +347,7 @@ impl Checked {
         if let Err(error) = &result {
             if error.is_local() {
                 if NOT_SENT_WARNING.due() {
-                    tracing::warn!(load_balancer_id = %self.runtime.load_balancer_id, listener = self.runtime.listener_port, server_id = %self.backend.server_id, backend = %target.addr, %error, "health probe not sent; backend health unchanged (further such warnings within 5 s are not logged)");
+                    tracing::warn!(load_balancer_id = %self.runtime.key.load_balancer_id, listener = self.runtime.key.listener_port, server_id = %self.backend.server_id, backend = %target.addr, %error, "health probe not sent; backend health unchanged (further such warnings within 5 s are not logged)");
                 }
                 return;
             }
@@ -362,7 +362,7 @@ impl Checked {
         }
         let failure = result.err();
         if let Some(error) = &failure {
-            tracing::debug!(load_balancer_id = %self.runtime.load_balancer_id, listener = self.runtime.listener_port, server_id = %self.backend.server_id, backend = %target.addr, %error, "health probe failed");
+            tracing::debug!(load_balancer_id = %self.runtime.key.load_balancer_id, listener = self.runtime.key.listener_port, server_id = %self.backend.server_id, backend = %target.addr, %error, "health probe failed");
         }
         if let Some(transition) = self.state.record(ok) {
             self.apply(transition, failure.as_ref());
@@ -384,8 +384,8 @@ impl Checked {
             Health::Unknown => {}
         }
         tracing::info!(
-            load_balancer_id = %self.runtime.load_balancer_id,
-            listener = self.runtime.listener_port,
+            load_balancer_id = %self.runtime.key.load_balancer_id,
+            listener = self.runtime.key.listener_port,
             server_id = %b.server_id,
             backend = %target.addr,
             from = %t.from,

@@ -22,7 +22,7 @@ impl Lb {
     pub fn addr(&self, load_balancer_id: &str, port: u16) -> SocketAddr {
         let addrs = self.server.local_addrs();
         *addrs
-            .get(&(load_balancer_id.to_string(), port))
+            .get(&edgelb::config::ListenerKey::new(load_balancer_id, port))
             .unwrap_or_else(|| {
                 panic!("listener {load_balancer_id}:{port} not accepting: {addrs:?}")
             })
