@@ -43,7 +43,9 @@ fn start(rt: &Runtime) -> (Arc<Server>, SocketAddr) {
         let config = Config::parse(&text, None).expect("bench config");
         let binder: edgelb::listener::Binder =
             Arc::new(|a: SocketAddr| edgelb::listener::bind(SocketAddr::new(a.ip(), 0)));
-        let server = Arc::new(Server::start_with_binder(&config, binder).expect("start"));
+        let server = Arc::new(
+            Server::start(&config, binder, edgelb::workers::Workers::current()).expect("start"),
+        );
         let addr = server
             .local_addrs()
             .into_values()

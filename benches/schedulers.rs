@@ -6,19 +6,20 @@
 //! a 1,000-backend consistent-hash table built in < 5 ms.
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
-use edgelb::scheduler::{Algorithm, Candidate, FlowKey, Selector};
+use edgelb::config::Scheduler;
+use edgelb::scheduler::{Candidate, FlowKey, Selector};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const SIZES: [usize; 3] = [3, 100, 1000];
-const ALGORITHMS: [(&str, Algorithm); 5] = [
-    ("wrr", Algorithm::Wrr),
-    ("wlc", Algorithm::Wlc),
-    ("rr", Algorithm::Rr),
-    ("sch", Algorithm::Sch),
-    ("tch", Algorithm::Tch),
+const ALGORITHMS: [(&str, Scheduler); 5] = [
+    ("wrr", Scheduler::Wrr),
+    ("wlc", Scheduler::Wlc),
+    ("rr", Scheduler::Rr),
+    ("sch", Scheduler::Sch),
+    ("tch", Scheduler::Tch),
 ];
 /// Distinct flows cycled through, so hash picks touch the table the way many
 /// clients would rather than hitting one cached slot.
@@ -87,7 +88,7 @@ fn bench_open_close(c: &mut Criterion) {
         })
     });
     for n in SIZES {
-        let sel = Selector::build(Algorithm::Wlc, candidates(n), "bench-seed");
+        let sel = Selector::build(Scheduler::Wlc, candidates(n), "bench-seed");
         group.bench_with_input(BenchmarkId::new("wlc", n), &sel, |b, sel| {
             let mut i = 0usize;
             b.iter(|| {
@@ -109,7 +110,7 @@ fn bench_build(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("sch", n), &cands, |b, cands| {
             b.iter_batched(
                 || cands.clone(),
-                |cs| Selector::build(Algorithm::Sch, cs, "bench-seed"),
+                |cs| Selector::build(Scheduler::Sch, cs, "bench-seed"),
                 BatchSize::LargeInput,
             )
         });
@@ -120,7 +121,7 @@ fn bench_build(c: &mut Criterion) {
     group.bench_function(BenchmarkId::new("sch_one_unhealthy", 1000), |b| {
         b.iter_batched(
             || cands.clone(),
-            |cs| Selector::build(Algorithm::Sch, cs, "bench-seed"),
+            |cs| Selector::build(Scheduler::Sch, cs, "bench-seed"),
             BatchSize::LargeInput,
         )
     });
@@ -129,7 +130,7 @@ fn bench_build(c: &mut Criterion) {
     group.bench_function(BenchmarkId::new("wrr", 1000), |b| {
         b.iter_batched(
             || cands.clone(),
-            |cs| Selector::build(Algorithm::Wrr, cs, "bench-seed"),
+            |cs| Selector::build(Scheduler::Wrr, cs, "bench-seed"),
             BatchSize::LargeInput,
         )
     });

@@ -96,7 +96,7 @@ fn worker_ticks() -> (u64, u64) {
 /// (probes, failed probes) so far, over every target.
 fn checks(server: &Server) -> (u64, u64) {
     server
-        .runtimes()
+        .listeners()
         .iter()
         .flat_map(|r| r.backend_states())
         .fold((0, 0), |(n, f), b| {
@@ -164,7 +164,13 @@ fn main() {
     let binder: edgelb::listener::Binder =
         Arc::new(|addr: SocketAddr| edgelb::listener::bind(SocketAddr::new(addr.ip(), 0)));
     let server = rt
-        .block_on(async { Server::start_with_binder(&config(&backends), binder) })
+        .block_on(async {
+            Server::start(
+                &config(&backends),
+                binder,
+                edgelb::workers::Workers::current(),
+            )
+        })
         .unwrap();
     std::thread::sleep(Duration::from_secs(3));
     // SAFETY: sysconf has no preconditions.

@@ -6,7 +6,7 @@ mod status;
 pub use page::status_page;
 pub use status::status_json;
 
-use crate::listener::{is_per_connection_error, AcceptBackoff};
+use crate::accept::{self, AcceptBackoff};
 use crate::metrics as m;
 use crate::server::Server;
 use http_body_util::Full;
@@ -14,7 +14,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -22,9 +22,15 @@ use tokio_util::sync::CancellationToken;
 /// How often histograms and other recorder state are tidied.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
-/// Installs the Prometheus recorder for the whole process and describes every
-/// metric. Call once, before any listener starts (metric handles bind to it).
-pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
+/// The process's Prometheus recorder: installed, with every metric described, on
+/// the first call; later calls return the same handle. Call before any listener
+/// starts (metric handles bind to the recorder installed when they are made).
+pub fn recorder() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+    let mut installed = HANDLE.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(handle) = installed.as_ref() {
+        return Ok(handle.clone());
+    }
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(m::CONNECTION_DURATION_SECONDS.into()),
@@ -43,6 +49,7 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
             upkeep.run_upkeep();
         }
     });
+    *installed = Some(handle.clone());
     Ok(handle)
 }
 
@@ -94,7 +101,7 @@ impl AdminState {
         };
         let bound = server.local_addrs();
         server
-            .runtimes()
+            .listeners()
             .iter()
             .all(|rt| !rt.view.load().listener.is_running() || bound.contains_key(&rt.key))
     }
@@ -103,26 +110,16 @@ impl AdminState {
 /// Serves the admin endpoints on `listener` until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
     let mut backoff = AcceptBackoff::default();
-    loop {
-        let (stream, _) = tokio::select! {
-            () = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(ok) => {
-                    backoff.reset();
-                    ok
-                }
-                Err(e) if is_per_connection_error(&e) => continue,
-                Err(e) => {
-                    let pause = backoff.next_pause();
-                    tracing::warn!(error = %e, pause_ms = pause.as_millis() as u64, "admin accept failed; pausing");
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(pause) => {}
-                    }
-                    continue;
-                }
-            },
-        };
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
+    while let Some((stream, _)) = accept::next(
+        &listener,
+        &mut backoff,
+        stopped.as_mut(),
+        accept::Owner::Admin,
+    )
+    .await
+    {
         let state = state.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {

@@ -3,7 +3,7 @@
 //! zero-copy `splice(2)` for bulk transfers.
 
 use crate::metrics::Total;
-use crate::snapshot::{BackendRuntime, ListenerRuntime};
+use crate::state::{BackendState, ListenerState};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::net::TcpStream;
@@ -93,8 +93,8 @@ pub async fn copy_both_ways(
     client: TcpStream,
     backend: TcpStream,
     idle: std::time::Duration,
-    runtime: &ListenerRuntime,
-    state: &BackendRuntime,
+    runtime: &ListenerState,
+    state: &BackendState,
 ) -> Close {
     let activity = Activity {
         base: Instant::now(),

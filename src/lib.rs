@@ -1,45 +1,56 @@
 //! edgelb: a TCP (layer 4) load balancer whose listeners behave as the ENS
 //! `CreateLoadBalancerTCPListener` API defines them.
 //!
-//! Layout:
+//! Layout, lowest layer first; a module imports only modules above it in this list
+//! (`tests/layers.rs` checks it):
 //! - [`config`]: the listener file, parsed and validated into a [`config::Config`]
-//!   with every API code and default.
-//! - [`snapshot`]: the immutable per-listener view the data path reads (backends,
-//!   selector, health) behind an `ArcSwap`.
-//! - [`listener`]: listening sockets (socket2), the accept loop, the connection cap.
-//! - [`proxy`]: one connection: persistence, connect with timeout and retries, the
-//!   PROXY header.
-//! - [`copy`]: bytes both ways with half-close, the idle timeout, batched counts and
-//!   `splice(2)` for bulk transfers.
-//! - [`scheduler`]: picking a backend (pure, no sockets).
-//! - [`server`]: the running set of listeners: start, apply (reload), drain.
-//! - [`admin`]: the admin server: `/metrics`, `/healthz`, `/status` (JSON) and `/`
-//!   (the status page for people), read from the runtimes' counts.
-//! - [`api`]: the control API (ENS OpenAPI actions, V3 signatures) on the admin server.
-//! - [`demo`]: the built-in backends of `edgelb demo`.
-//! - [`memory`]: heap memory given back after many connections close.
-//! - [`metrics`]: metric names and the handles registered once.
-//! - [`persistence`]: the client-IP affinity table (LVS persistence templates).
-//! - [`health`]: the health checks of every (listener, backend), run by one sweep task.
-//! - [`health_state`]: the health-check hysteresis (pure state machine).
+//!   with every API code and default; the shared words ([`config::ListenerKey`],
+//!   [`config::Scheduler`]).
+//! - [`warn_every`]: warnings rate-limited to one per period.
 //! - [`proxy_protocol`]: PROXY protocol v2 headers (`eip_transmit`).
+//! - [`splice`]: `splice(2)` through a pipe, for bulk transfers (Linux).
+//! - [`accept`]: taking connections off a listening socket, with the back-off on
+//!   errors such as EMFILE (listeners and the admin server).
+//! - [`workers`]: threads each running a current-thread runtime (thread per core).
+//! - [`scheduler`]: picking a backend (pure, no sockets).
+//! - [`persistence`]: the client-IP affinity table (LVS persistence templates).
+//! - [`limit`]: the process-wide connection cap (`max_connections`) and its permits.
+//! - [`metrics`]: metric names and the handles registered once.
+//! - [`memory`]: heap memory given back after many connections close.
+//! - [`state`]: what the process knows of each listener and backend: health, counts,
+//!   and the immutable view the data path reads behind an `ArcSwap`.
+//! - [`copy`]: bytes both ways with half-close, the idle timeout and batched counts.
+//! - [`proxy`]: one connection: persistence, connect with timeout and retries, the
+//!   PROXY header, then [`copy`].
+//! - [`listener`]: listening sockets (socket2) and the accept loop.
+//! - [`health`]: the health checks of every (listener, backend): hysteresis, probes,
+//!   and the sweep task that runs them.
+//! - [`server`]: the running set of listeners: start, apply (reload), drain.
+//! - [`api`]: the control API (ENS OpenAPI actions, V3 signatures).
+//! - [`admin`]: the admin server: `/metrics`, `/healthz`, `/status` (JSON), `/` (the
+//!   status page for people), and the control API's route.
+//! - [`process`]: the process put together (recorder, admin server, workers,
+//!   listeners, control API, ready flag): what the binary, tests and benches start.
+//! - [`demo`]: the built-in backends of `edgelb demo`.
+pub mod accept;
 pub mod admin;
 pub mod api;
 pub mod config;
 pub mod copy;
 pub mod demo;
 pub mod health;
-pub mod health_state;
+pub mod limit;
 pub mod listener;
 pub mod memory;
 pub mod metrics;
 pub mod persistence;
+pub mod process;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod scheduler;
 pub mod server;
-pub mod snapshot;
 #[cfg(target_os = "linux")]
 pub mod splice;
+pub mod state;
 pub mod warn_every;
 pub mod workers;

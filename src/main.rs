@@ -2,18 +2,12 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use edgelb::admin::{self, AdminState};
-use edgelb::api::{Control, ReloadError};
 use edgelb::config::Config;
-use edgelb::server::Server;
-use edgelb::workers::Workers;
-use edgelb::{demo, metrics};
+use edgelb::demo;
+use edgelb::process::{Options, Process};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio_util::sync::CancellationToken;
 
 /// A TCP (layer 4) load balancer whose listeners follow the ENS
 /// CreateLoadBalancerTCPListener API.
@@ -165,34 +159,9 @@ async fn serve(
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    let prometheus = admin::install_recorder().context("cannot install the metrics recorder")?;
-    let admin_socket = match config.admin.address {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("admin server cannot bind {addr}"))?,
-        ),
-        None => None,
-    };
-    // The admin server answers before the listeners bind: /healthz says 503 until then.
-    let state = Arc::new(AdminState::new(Some(prometheus)));
-    let stop_admin = CancellationToken::new();
-    if let Some(socket) = admin_socket {
-        let addr = socket.local_addr()?;
-        tracing::info!(address = %addr, "admin server listening");
-        tokio::spawn(admin::serve(socket, state.clone(), stop_admin.clone()));
-    }
-    let workers = Workers::spawn(workers).context("cannot start the worker threads")?;
-    let server = Arc::new(Server::start_with(
-        &config,
-        edgelb::listener::default_binder(),
-        workers,
-    )?);
-    let control = Arc::new(Control::new(path.clone(), server.clone(), config.clone()));
-    state.set_server(server.clone());
-    state.set_control(control.clone());
-    state.ready.store(true, Ordering::Release);
-    tracing::info!(config = %path.display(), listeners = config.listeners.len(), "edgelb running");
+    let listeners = config.listeners.len();
+    let process = Process::start(path.clone(), config, Options::production(workers)).await?;
+    tracing::info!(config = %path.display(), listeners, "edgelb running");
     if let Some(banner) = banner {
         println!("{banner}");
     }
@@ -200,40 +169,11 @@ async fn serve(
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
-            _ = hangup.recv() => reload(&path, &control).await,
+            _ = hangup.recv() => process.reload().await,
         }
     }
-    tracing::info!("stopping: listening sockets closed, draining");
-    state.ready.store(false, Ordering::Release);
-    let cut = server.drain().await;
-    stop_admin.cancel();
-    tracing::info!(closed_at_timeout = cut, "stopped");
+    process.drain().await;
     Ok(())
-}
-
-/// SIGHUP: apply the file if it is valid; otherwise keep everything as it is. Goes
-/// through the control API's lock, so a reload and an API change never interleave.
-async fn reload(path: &Path, control: &Control) {
-    match control.reload().await {
-        Err(ReloadError::Invalid(diagnostics)) => {
-            for line in diagnostics.lines() {
-                tracing::error!("{line}");
-            }
-            tracing::error!(
-                errors = diagnostics.errors.len(),
-                "reload refused: the running configuration is unchanged"
-            );
-            metrics::config_reload(false);
-        }
-        Err(ReloadError::Bind(e)) => {
-            tracing::error!(error = %e, "reload refused: the running configuration is unchanged");
-            metrics::config_reload(false);
-        }
-        Ok(config) => {
-            tracing::info!(config = %path.display(), listeners = config.listeners.len(), "reloaded");
-            metrics::config_reload(true);
-        }
-    }
 }
 
 async fn run_demo(workers: usize) -> anyhow::Result<()> {

@@ -7,7 +7,7 @@
 //! the free pages to the system. Steady churn (connections opening as fast as they
 //! close) never triggers it.
 
-use crate::listener::ConnectionLimit;
+use crate::limit::ConnectionLimit;
 use std::sync::Arc;
 use std::time::Duration;
 

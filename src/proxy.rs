@@ -2,12 +2,12 @@
 //! retries), the PROXY header, then hand over to [`crate::copy`].
 
 use crate::copy::{copy_both_ways, Close};
-use crate::listener::Permit;
+use crate::limit::Permit;
 use crate::metrics::LiveGuard;
 use crate::persistence::{PersistenceTable, Placement};
 use crate::proxy_protocol;
 use crate::scheduler::FlowKey;
-use crate::snapshot::{ListenerRuntime, ListenerView};
+use crate::state::{ListenerState, ListenerView};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -18,10 +18,10 @@ use tokio::time::{timeout, Instant};
 /// The most connect attempts: the first plus `connect_retries` (at most 16).
 const MAX_ATTEMPTS: usize = 17;
 
-/// What every connection of one listening socket shares, known once per socket so
-/// no connection pays a syscall for it.
+/// The listening socket a connection came from: what every connection accepted on
+/// it shares, known once per socket so no connection pays a syscall for it.
 #[derive(Debug, Clone, Copy)]
-pub struct Accepted {
+pub struct ListeningSocket {
     /// The address clients reach, when the socket is bound to a specific address.
     pub local: Option<SocketAddr>,
     /// Accepted sockets already have TCP_NODELAY (inherited from the listener).
@@ -32,35 +32,35 @@ pub struct Accepted {
 pub async fn handle(
     client: TcpStream,
     peer: SocketAddr,
-    accepted: Accepted,
-    runtime: Arc<ListenerRuntime>,
+    socket: ListeningSocket,
+    state: Arc<ListenerState>,
     _permit: Permit,
 ) {
     let started = Instant::now();
-    let metrics = &runtime.metrics;
-    let _active = LiveGuard::new(&metrics.active, &runtime.active);
-    let view = runtime.view.load_full();
-    if !accepted.nodelay {
+    let metrics = &state.metrics;
+    let _active = LiveGuard::new(&metrics.active, &state.active);
+    let view = state.view.load_full();
+    if !socket.nodelay {
         set_nodelay_or_warn(&client, "client");
     }
-    let Some(local) = accepted.local.or_else(|| client.local_addr().ok()) else {
+    let Some(local) = socket.local.or_else(|| client.local_addr().ok()) else {
         return; // the client is already gone
     };
     let flow = FlowKey {
         client: peer,
         local,
     };
-    let (mut pinned, preferred) = Pinned::lookup(&runtime.persistence, &view, peer.ip());
+    let (mut pinned, preferred) = Pinned::lookup(&state.persistence, &view, peer.ip());
     let (mut backend, index) = match connect(&view, &flow, preferred).await {
         Ok(connected) => connected,
         Err(Reject::NoBackend) => {
             metrics.rejected_no_backend.increment(1);
-            tracing::debug!(client = %peer, listener = runtime.key.listener_port, "no backend with weight > 0");
+            tracing::debug!(client = %peer, listener = state.key.listener_port, "no backend with weight > 0");
             return;
         }
         Err(Reject::ConnectFailed) => {
             metrics.rejected_connect_failed.increment(1);
-            tracing::debug!(client = %peer, listener = runtime.key.listener_port, "no backend could be reached");
+            tracing::debug!(client = %peer, listener = state.key.listener_port, "no backend could be reached");
             return;
         }
     };
@@ -71,18 +71,18 @@ pub async fn handle(
             return;
         }
     }
-    let state = &view.backends[index];
+    let backend_state = &view.backends[index];
     // One count for wlc and /status, one gauge for Prometheus.
-    let _backend_active = LiveGuard::new(&state.metrics.active, &*state.active);
-    state.metrics.connections.increment(1);
-    tracing::debug!(client = %peer, backend = %view.listener.backends[index].addr, listener = runtime.key.listener_port, "proxying");
+    let _backend_active = LiveGuard::new(&backend_state.metrics.active, &*backend_state.active);
+    backend_state.metrics.connections.increment(1);
+    tracing::debug!(client = %peer, backend = %view.listener.backends[index].addr, listener = state.key.listener_port, "proxying");
     let idle = view.listener.established_timeout;
-    let close = copy_both_ways(client, backend, idle, &runtime, state).await;
+    let close = copy_both_ways(client, backend, idle, &state, backend_state).await;
     if close == Close::IdleTimeout {
         metrics.idle_timeouts.increment(1);
     }
     metrics.duration.record(started.elapsed().as_secs_f64());
-    tracing::debug!(client = %peer, listener = runtime.key.listener_port, ?close, "closed");
+    tracing::debug!(client = %peer, listener = state.key.listener_port, ?close, "closed");
 }
 
 enum Reject {
@@ -165,7 +165,7 @@ async fn connect(
     preferred: Option<usize>,
 ) -> Result<(TcpStream, usize), Reject> {
     let mut tried = [usize::MAX; MAX_ATTEMPTS];
-    let attempts = (view.connect_retries as usize + 1).min(MAX_ATTEMPTS);
+    let attempts = (view.global.connect_retries as usize + 1).min(MAX_ATTEMPTS);
     let mut n = 0;
     while n < attempts {
         let choice = match preferred {
@@ -180,7 +180,12 @@ async fn connect(
         let addr = view.listener.backends[index].addr;
         let state = &view.backends[index];
         let started = Instant::now();
-        match timeout(view.connect_timeout, TcpStream::connect(addr)).await {
+        match timeout(
+            view.global.backend_connect_timeout,
+            TcpStream::connect(addr),
+        )
+        .await
+        {
             Ok(Ok(stream)) => {
                 state
                     .metrics

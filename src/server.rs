@@ -3,8 +3,9 @@
 
 use crate::config::{Config, Global, Listener, ListenerKey};
 use crate::health;
-use crate::listener::{self, accept_loop, Binder, ConnectionLimit, Shared};
-use crate::snapshot::ListenerRuntime;
+use crate::limit::{self, ConnectionLimit};
+use crate::listener::{self, accept_loop, Binder, Shared};
+use crate::state::ListenerState;
 use crate::workers::Workers;
 use std::collections::HashMap;
 use std::io;
@@ -31,7 +32,7 @@ struct Accepting {
 }
 
 struct Entry {
-    runtime: Arc<ListenerRuntime>,
+    state: Arc<ListenerState>,
     accepting: Option<Accepting>,
 }
 
@@ -44,7 +45,8 @@ pub struct Server {
 }
 
 struct State {
-    global: Global,
+    /// The global settings in force, shared with every listener's view.
+    global: Arc<Global>,
     listeners: HashMap<ListenerKey, Entry>,
     /// The health checks of the running listeners.
     checks: health::Checks,
@@ -52,20 +54,12 @@ struct State {
 
 impl Server {
     /// Binds every running listener of `config` through `binder` (production:
-    /// [`listener::default_binder`]; tests bind port 0) and starts accepting on the
-    /// current runtime.
-    pub fn start_with_binder(config: &Config, binder: Binder) -> Result<Server, BindError> {
-        Self::start_with(config, binder, Workers::current())
-    }
-
-    /// As [`Server::start_with_binder`], serving connections on `workers`: each
-    /// listener binds one socket per worker (the first through `binder`, the others
-    /// with `SO_REUSEPORT` on the address it got).
-    pub fn start_with(
-        config: &Config,
-        binder: Binder,
-        workers: Workers,
-    ) -> Result<Server, BindError> {
+    /// [`listener::default_binder`]; tests bind port 0) and serves connections on
+    /// `workers` ([`Workers::current`]: the caller's runtime): each listener binds
+    /// one socket per worker (the first through `binder`, the others with
+    /// `SO_REUSEPORT` on the address it got). The rest (health checks, persistence
+    /// purges) runs on the current runtime.
+    pub fn start(config: &Config, binder: Binder, workers: Workers) -> Result<Server, BindError> {
         let max = max_connections(config);
         let server = Server {
             shared: Arc::new(Shared {
@@ -75,7 +69,7 @@ impl Server {
             binder,
             workers,
             state: Mutex::new(State {
-                global: config.global.clone(),
+                global: Arc::new(config.global.clone()),
                 listeners: HashMap::new(),
                 checks: health::Checks::start(),
             }),
@@ -111,8 +105,8 @@ impl Server {
             })?;
             bound.insert(key, sockets);
         }
-        state.global = config.global.clone();
-        let global = state.global.clone();
+        let global = Arc::new(config.global.clone());
+        state.global = global.clone();
         let max = max_connections(config);
         if max != self.shared.limit.max() {
             self.shared.limit.set_max(max);
@@ -120,7 +114,7 @@ impl Server {
         }
         let wanted: HashMap<ListenerKey, &Listener> =
             config.listeners.iter().map(|l| (l.key(), l)).collect();
-        // Removed listeners: stop accepting; their connections hold the runtime.
+        // Removed listeners: stop accepting; their connections hold their state.
         state.listeners.retain(|key, entry| {
             let keep = wanted.contains_key(key);
             if !keep {
@@ -131,16 +125,16 @@ impl Server {
         });
         for (key, l) in wanted {
             let entry = state.listeners.entry(key.clone()).or_insert_with(|| Entry {
-                runtime: ListenerRuntime::new(l.clone(), &global),
+                state: ListenerState::new(l.clone(), &global),
                 accepting: None,
             });
-            entry.runtime.update(l.clone(), &global);
-            state.checks.sync(&entry.runtime, l);
+            entry.state.update(l.clone(), &global);
+            state.checks.sync(&entry.state, l);
             if !l.is_running() {
                 stop_accepting(&key, entry);
             } else if let Some(sockets) = bound.remove(&key) {
                 stop_accepting(&key, entry);
-                entry.accepting = Some(self.spawn_accept(sockets, l.bind, &entry.runtime));
+                entry.accepting = Some(self.spawn_accept(sockets, l.bind, &entry.state));
             }
         }
         Ok(())
@@ -151,9 +145,9 @@ impl Server {
     fn bind_all(&self, addr: SocketAddr) -> io::Result<Vec<std::net::TcpListener>> {
         let first = (self.binder)(addr)?;
         let local = first.local_addr()?;
-        let mut sockets = Vec::with_capacity(self.workers.len());
+        let mut sockets = Vec::with_capacity(self.workers.count());
         sockets.push(first);
-        for _ in 1..self.workers.len() {
+        for _ in 1..self.workers.count() {
             sockets.push(listener::bind(local)?);
         }
         Ok(sockets)
@@ -163,22 +157,22 @@ impl Server {
         &self,
         sockets: Vec<std::net::TcpListener>,
         configured: SocketAddr,
-        runtime: &Arc<ListenerRuntime>,
+        listener: &Arc<ListenerState>,
     ) -> Accepting {
         let local = sockets
             .first()
             .and_then(|s| s.local_addr().ok())
             .unwrap_or(configured);
         let stop = CancellationToken::new();
-        tracing::info!(load_balancer_id = %runtime.key.load_balancer_id, listener = runtime.key.listener_port, address = %local, sockets = sockets.len(), "listening");
+        tracing::info!(load_balancer_id = %listener.key.load_balancer_id, listener = listener.key.listener_port, address = %local, sockets = sockets.len(), "listening");
         for (socket, worker) in sockets.into_iter().zip(self.workers.handles()) {
-            let (runtime, shared, stop) = (runtime.clone(), self.shared.clone(), stop.clone());
+            let (state, shared, stop) = (listener.clone(), self.shared.clone(), stop.clone());
             // Registered with the worker's own reactor, from the worker.
             worker.spawn(async move {
                 match tokio::net::TcpListener::from_std(socket) {
-                    Ok(listener) => accept_loop(listener, runtime, shared, stop).await,
+                    Ok(socket) => accept_loop(socket, state, shared, stop).await,
                     Err(e) => {
-                        tracing::error!(load_balancer_id = %runtime.key.load_balancer_id, listener = runtime.key.listener_port, error = %e, "cannot register the listening socket");
+                        tracing::error!(load_balancer_id = %state.key.load_balancer_id, listener = state.key.listener_port, error = %e, "cannot register the listening socket");
                     }
                 }
             });
@@ -199,20 +193,16 @@ impl Server {
             .collect()
     }
 
-    /// Every listener runtime (running or not), sorted by key.
-    pub fn runtimes(&self) -> Vec<Arc<ListenerRuntime>> {
-        let state = self.state();
-        let mut all: Vec<(ListenerKey, Arc<ListenerRuntime>)> = state
+    /// Every listener's state (running or not), sorted by key.
+    pub fn listeners(&self) -> Vec<Arc<ListenerState>> {
+        let mut all: Vec<Arc<ListenerState>> = self
+            .state()
             .listeners
-            .iter()
-            .map(|(k, e)| (k.clone(), e.runtime.clone()))
+            .values()
+            .map(|e| e.state.clone())
             .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        all.into_iter().map(|(_, r)| r).collect()
-    }
-
-    pub fn global(&self) -> Global {
-        self.state().global.clone()
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        all
     }
 
     /// Client connections open now.
@@ -265,7 +255,7 @@ fn stop_accepting(key: &ListenerKey, entry: &mut Entry) {
 /// open-file limit when that is 0.
 fn max_connections(config: &Config) -> usize {
     match config.global.max_connections {
-        0 => listener::derived_max_connections(health::kept_sockets(config)),
+        0 => limit::derived_max_connections(health::kept_sockets(config)),
         n => n,
     }
 }

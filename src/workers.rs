@@ -15,12 +15,28 @@ use std::sync::Arc;
 use tokio::runtime::Handle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+/// Starts a thread named `name` running a current-thread runtime until the
+/// returned guard drops (tasks still on it are dropped then). The workers and the
+/// health checks' own thread are made this way.
+pub fn runtime_thread(name: &str) -> std::io::Result<(Handle, DropGuard)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = runtime.handle().clone();
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || runtime.block_on(stopped.cancelled()))?;
+    Ok((handle, stop.drop_guard()))
+}
+
 /// The runtimes that accept and serve connections.
 #[derive(Clone)]
 pub struct Workers {
     handles: Vec<Handle>,
     /// Stops the worker threads when the last clone drops.
-    _threads: Option<Arc<DropGuard>>,
+    _threads: Arc<Vec<DropGuard>>,
 }
 
 impl Workers {
@@ -28,40 +44,30 @@ impl Workers {
     pub fn current() -> Workers {
         Workers {
             handles: vec![Handle::current()],
-            _threads: None,
+            _threads: Arc::new(Vec::new()),
         }
     }
 
     /// `n` threads `edgelb-worker-{i}`, each running a current-thread runtime until
     /// the last clone of the result drops (their connections close then).
     pub fn spawn(n: usize) -> std::io::Result<Workers> {
-        let stop = CancellationToken::new();
-        // Made first, so threads already started end if a later one cannot start.
-        let guard = stop.clone().drop_guard();
         let mut handles = Vec::with_capacity(n);
+        // Threads already started end (their guards drop) if a later one cannot start.
+        let mut guards = Vec::with_capacity(n);
         for i in 0..n.max(1) {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            handles.push(runtime.handle().clone());
-            let stopped = stop.clone();
-            std::thread::Builder::new()
-                .name(format!("edgelb-worker-{i}"))
-                .spawn(move || runtime.block_on(stopped.cancelled()))?;
+            let (handle, guard) = runtime_thread(&format!("edgelb-worker-{i}"))?;
+            handles.push(handle);
+            guards.push(guard);
         }
         Ok(Workers {
             handles,
-            _threads: Some(Arc::new(guard)),
+            _threads: Arc::new(guards),
         })
     }
 
     /// How many sockets each listener binds: one per worker.
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.handles.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
     }
 
     pub fn handles(&self) -> &[Handle] {

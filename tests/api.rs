@@ -369,9 +369,10 @@ async fn a_listener_made_through_the_api_starts_stopped_serves_and_survives_a_re
     // A restart from the file serves the same listeners.
     let restarted = Lb {
         server: Arc::new(
-            edgelb::server::Server::start_with_binder(
+            edgelb::server::Server::start(
                 &Config::load(&api.path).unwrap(),
                 ephemeral_binder(),
+                edgelb::workers::Workers::current(),
             )
             .unwrap(),
         ),
@@ -448,7 +449,7 @@ async fn backend_servers_are_added_set_and_removed_under_their_load_balancer() {
         .unwrap()
         .backend_servers
         .is_empty());
-    let view = api.lb.server.runtimes()[0].view.load();
+    let view = api.lb.server.listeners()[0].view.load();
     assert_eq!(
         view.listener.backends.len(),
         2,

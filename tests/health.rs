@@ -5,9 +5,8 @@
 mod support;
 
 use edgelb::proxy_protocol::{encode_v2_local, SIGNATURE};
-use edgelb::snapshot::{BackendRuntime, HEALTH_HEALTHY, HEALTH_UNHEALTHY, HEALTH_UNKNOWN};
+use edgelb::state::{BackendState, Health};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
@@ -21,20 +20,20 @@ const GENEROUS: Duration = Duration::from_secs(10);
 const FAST: &str = "health_check_interval = 1\nhealth_check_connect_timeout = 1\nhealthy_threshold = 2\nunhealthy_threshold = 2";
 
 /// The state of backend `i` (configuration order) of the only listener.
-fn backend(lb: &Lb, i: usize) -> Arc<BackendRuntime> {
-    lb.server.runtimes()[0].backend_states()[i].clone()
+fn backend(lb: &Lb, i: usize) -> Arc<BackendState> {
+    lb.server.listeners()[0].backend_states()[i].clone()
 }
 
-fn health(lb: &Lb, i: usize) -> u8 {
-    backend(lb, i).health.load(Ordering::SeqCst)
+fn health(lb: &Lb, i: usize) -> Health {
+    backend(lb, i).health()
 }
 
 /// Whether the current selector may pick backend `i`.
 fn selectable(lb: &Lb, i: usize) -> bool {
-    lb.server.runtimes()[0].view.load().selector.candidates()[i].healthy
+    lb.server.listeners()[0].view.load().selector.candidates()[i].healthy
 }
 
-async fn wait_health(lb: &Lb, i: usize, want: u8) {
+async fn wait_health(lb: &Lb, i: usize, want: Health) {
     wait_until(&format!("backend {i} health {want}"), || {
         health(lb, i) == want
     })
@@ -78,8 +77,8 @@ async fn a_backend_that_stops_listening_flips_after_exactly_the_thresholds() {
     );
     let lb = start_lb(&text);
     let addr = lb.addr("lb", 80);
-    wait_health(&lb, 0, HEALTH_HEALTHY).await;
-    wait_health(&lb, 1, HEALTH_HEALTHY).await;
+    wait_health(&lb, 0, Health::Healthy).await;
+    wait_health(&lb, 1, Health::Healthy).await;
 
     // A connection to b1 that stays open across its fall.
     let mut open = loop {
@@ -98,8 +97,8 @@ async fn a_backend_that_stops_listening_flips_after_exactly_the_thresholds() {
     let b1_state = backend(&lb, 0);
     assert_eq!(b1_state.checks.failures(), 0);
     wait_until("a first failed probe", || b1_state.checks.failures() >= 1).await;
-    assert_eq!(health(&lb, 0), HEALTH_HEALTHY, "one failure must not flip");
-    wait_health(&lb, 0, HEALTH_UNHEALTHY).await;
+    assert_eq!(health(&lb, 0), Health::Healthy, "one failure must not flip");
+    wait_health(&lb, 0, Health::Unhealthy).await;
     assert_eq!(b1_state.checks.failures(), 2, "flips at exactly 2 failures");
     wait_until("the selector to drop b1", || !selectable(&lb, 0)).await;
 
@@ -113,7 +112,7 @@ async fn a_backend_that_stops_listening_flips_after_exactly_the_thresholds() {
     // b1 listens again on the same port: healthy after exactly 2 successes.
     let successes = b1_state.checks.successes();
     let b1 = listen_named(TcpListener::bind(b1_addr).await.unwrap(), "b1");
-    wait_health(&lb, 0, HEALTH_HEALTHY).await;
+    wait_health(&lb, 0, Health::Healthy).await;
     assert_eq!(b1_state.checks.successes() - successes, 2);
     wait_until("the selector to take b1 back", || selectable(&lb, 0)).await;
     let names: Vec<String> = {
@@ -134,7 +133,7 @@ async fn tcp_probes_are_half_open_and_never_reach_the_backends_application() {
     let b1 = echo_backend().await;
     let text = config_text(&[("b1", b1.addr, 100)], "", FAST);
     let lb = start_lb(&text);
-    wait_health(&lb, 0, HEALTH_HEALTHY).await;
+    wait_health(&lb, 0, Health::Healthy).await;
     let checks = &backend(&lb, 0).checks;
     wait_until("three passed probes", || checks.successes() >= 3).await;
     assert_eq!(b1.accepted(), 0, "a TCP probe completed its handshake");
@@ -212,9 +211,9 @@ async fn http_status_classes_decide() {
         let lb = start_lb(&config_text(&list, "", &extra));
         for (i, healthy) in want.into_iter().enumerate() {
             let state = if healthy {
-                HEALTH_HEALTHY
+                Health::Healthy
             } else {
-                HEALTH_UNHEALTHY
+                Health::Unhealthy
             };
             wait_health(&lb, i, state).await;
         }
@@ -265,7 +264,7 @@ async fn a_silent_backend_fails_at_the_effective_timeout() {
     let extra = http_check("health_check_connect_timeout = 1\nhealth_check_interval = 2");
     let started = Instant::now();
     let lb = start_lb(&config_text(&[("b1", silent.addr, 100)], "", &extra));
-    wait_health(&lb, 0, HEALTH_UNHEALTHY).await;
+    wait_health(&lb, 0, Health::Unhealthy).await;
     let elapsed = started.elapsed();
     assert!(
         elapsed >= Duration::from_secs(2),
@@ -293,7 +292,7 @@ async fn eip_transmit_http_probe_starts_with_a_v2_local_header() {
         "{:?}",
         String::from_utf8_lossy(&got)
     );
-    wait_health(&lb, 0, HEALTH_HEALTHY).await;
+    wait_health(&lb, 0, Health::Healthy).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,20 +306,20 @@ async fn reload_keeps_health_and_weight_0_is_not_probed() {
         ("w0", drained.addr, 0),
     ];
     let lb = start_lb(&config_text(&list, "", FAST));
-    wait_health(&lb, 0, HEALTH_UNHEALTHY).await;
-    wait_health(&lb, 1, HEALTH_HEALTHY).await;
+    wait_health(&lb, 0, Health::Unhealthy).await;
+    wait_health(&lb, 1, Health::Healthy).await;
     // Two probes of "up" mean a full interval passed: "w0" would have had one.
     wait_until("a second probe", || backend(&lb, 1).checks.successes() >= 2).await;
     assert_eq!(drained.accepted(), 0);
-    assert_eq!(health(&lb, 2), HEALTH_UNKNOWN);
+    assert_eq!(health(&lb, 2), Health::Unknown);
 
     // New thresholds and interval: no one goes back to unknown, no flap.
     let changed = FAST.replace("healthy_threshold = 2", "healthy_threshold = 5");
     lb.server
         .apply(&parse(&config_text(&list, "", &changed)))
         .unwrap();
-    assert_eq!(health(&lb, 0), HEALTH_UNHEALTHY);
-    assert_eq!(health(&lb, 1), HEALTH_HEALTHY);
+    assert_eq!(health(&lb, 0), Health::Unhealthy);
+    assert_eq!(health(&lb, 1), Health::Healthy);
     assert!(!selectable(&lb, 0));
 
     // Weight up: probed at once.
@@ -332,8 +331,8 @@ async fn reload_keeps_health_and_weight_0_is_not_probed() {
     lb.server
         .apply(&parse(&config_text(&list, "", &changed)))
         .unwrap();
-    wait_health(&lb, 2, HEALTH_HEALTHY).await;
-    assert_eq!(health(&lb, 0), HEALTH_UNHEALTHY);
+    wait_health(&lb, 2, Health::Healthy).await;
+    assert_eq!(health(&lb, 0), Health::Unhealthy);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,7 +368,7 @@ async fn a_probe_in_flight_ends_when_its_backend_stops_being_checked() {
     tokio::time::timeout(Duration::from_secs(5), closed.recv())
         .await
         .expect("the probe in flight was left running");
-    assert_eq!(health(&lb, 0), HEALTH_UNKNOWN);
+    assert_eq!(health(&lb, 0), Health::Unknown);
     assert_eq!(backend(&lb, 0).checks.failures(), 0, "no verdict recorded");
 }
 

@@ -41,7 +41,7 @@ async fn a_long_lived_connection_survives_a_change_of_scheduler_and_timeout() {
     lb.server.apply(&changed).unwrap();
     assert_eq!(lb.addr("lb", 80), addr, "the listener kept its socket");
     echo(&mut open, b"after").await;
-    let view = lb.server.runtimes()[0].view.load_full();
+    let view = lb.server.listeners()[0].view.load_full();
     assert_eq!(view.listener.spec.scheduler, edgelb::config::Scheduler::Wlc);
     assert_eq!(view.listener.established_timeout, Duration::from_secs(10));
     let mut fresh = TcpStream::connect(addr).await.unwrap();
@@ -93,7 +93,7 @@ async fn persistence_entries_and_backend_state_survive_a_reload() {
     let mut c = TcpStream::connect(addr).await.unwrap();
     let first = read_n(&mut c, 2).await;
     drop(c);
-    let states_before = lb.server.runtimes()[0].backend_states();
+    let states_before = lb.server.listeners()[0].backend_states();
     lb.server
         .apply(&parse(&config_text(
             &list,
@@ -101,7 +101,7 @@ async fn persistence_entries_and_backend_state_survive_a_reload() {
             "scheduler = \"wrr\"\npersistence_timeout = 600",
         )))
         .unwrap();
-    let states_after = lb.server.runtimes()[0].backend_states();
+    let states_after = lb.server.listeners()[0].backend_states();
     for (a, b) in states_before.iter().zip(&states_after) {
         assert!(
             Arc::ptr_eq(a, b),

@@ -33,7 +33,7 @@ fn open_fds() -> usize {
 /// Open connections by every count the balancer keeps: the listener's, each
 /// backend's (wlc reads it) and the process-wide cap's.
 fn counts(lb: &Lb) -> (u64, u64, usize) {
-    let rt = &lb.server.runtimes()[0];
+    let rt = &lb.server.listeners()[0];
     let backends: u64 = rt
         .view
         .load()
@@ -173,7 +173,7 @@ async fn a_backend_that_never_completes_the_handshake_times_out_and_the_retry_mo
     // retry reached the good backend.
     assert!(slow >= 1, "no connection tried the black hole");
     assert_eq!(good.accepted(), 4);
-    let hole_state = lb.server.runtimes()[0].view.load().backends[0].clone();
+    let hole_state = lb.server.listeners()[0].view.load().backends[0].clone();
     assert_eq!(hole_state.metrics.connect_failures.get(), slow);
 }
 

@@ -4,7 +4,8 @@
 
 mod support;
 
-use edgelb::scheduler::{Algorithm, Candidate, FlowKey, Selector};
+use edgelb::config::Scheduler;
+use edgelb::scheduler::{Candidate, FlowKey, Selector};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 use support::*;
@@ -88,7 +89,7 @@ async fn wlc_sends_new_connections_to_the_least_loaded() {
     assert_eq!(names, ["b1", "b1", "b2", "b2"]);
     // Close both on b1: the next two go to b1, which now has fewer.
     held.retain(|(_, n)| n != "b1");
-    let runtime = lb.server.runtimes()[0].clone();
+    let runtime = lb.server.listeners()[0].clone();
     wait_until("b1's connections to close", || {
         runtime.view.load().backends[0]
             .active
@@ -115,7 +116,7 @@ async fn sch_keeps_each_client_ip_on_one_backend_and_matches_the_pure_map() {
         Candidate::new("b1", 100, true),
         Candidate::new("b2", 100, true),
     ];
-    let other_node = Selector::build(Algorithm::Sch, candidates, "edgelb");
+    let other_node = Selector::build(Scheduler::Sch, candidates, "edgelb");
     let mut used = std::collections::HashSet::new();
     for i in 0..30 {
         let (s, first) = connect_from(addr, source(i)).await;
@@ -156,7 +157,7 @@ async fn tch_hashes_the_four_tuple() {
         Candidate::new("b2", 100, true),
         Candidate::new("b3", 100, true),
     ];
-    let other_node = Selector::build(Algorithm::Tch, candidates, "edgelb");
+    let other_node = Selector::build(Scheduler::Tch, candidates, "edgelb");
     let mut used = std::collections::HashSet::new();
     for _ in 0..30 {
         let (s, name) = connect_from(addr, source(0)).await;
@@ -195,7 +196,7 @@ async fn persistence_pins_a_client_ip_over_rr() {
     }
     // Without persistence rr would have rotated; three new clients took b1, b2, b3.
     assert_eq!(firsts, ["b1", "b2", "b3"]);
-    let runtime = lb.server.runtimes()[0].clone();
+    let runtime = lb.server.listeners()[0].clone();
     assert_eq!(runtime.persistence.len(), 3);
 }
 
@@ -210,7 +211,7 @@ async fn persistence_entries_expire_after_the_last_use_on_the_paused_clock() {
         "scheduler = \"rr\"\npersistence_timeout = 30\nestablished_timeout = 900",
     ));
     let addr = lb.addr("lb", 80);
-    let runtime = lb.server.runtimes()[0].clone();
+    let runtime = lb.server.listeners()[0].clone();
     let (held, first) = connect_from(addr, source(0)).await;
     assert_eq!(first, "b1");
     // Open for longer than the timeout: the entry stays.

@@ -29,7 +29,7 @@ fn listening_sockets(port: u16) -> usize {
 
 fn start_on_workers(text: &str, n: usize) -> Arc<Server> {
     let workers = Workers::spawn(n).unwrap();
-    Arc::new(Server::start_with(&parse(text), ephemeral_binder(), workers).unwrap())
+    Arc::new(Server::start(&parse(text), ephemeral_binder(), workers).unwrap())
 }
 
 fn addr(server: &Server) -> SocketAddr {

@@ -5,7 +5,7 @@
 
 use super::status::{collect, BackendStatus, ListenerStatus};
 use crate::server::Server;
-use crate::snapshot::unix_millis;
+use crate::state::unix_millis;
 use std::fmt::Write;
 
 /// How often the page reloads itself.

@@ -2,7 +2,7 @@
 //! taken from the runtimes (never from the metrics recorder).
 
 use crate::server::Server;
-use crate::snapshot::{ListenerRuntime, HEALTH_HEALTHY, HEALTH_UNHEALTHY};
+use crate::state::ListenerState;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -48,25 +48,17 @@ pub struct BackendStatus {
     pub bytes_out: u64,
 }
 
-pub fn health_name(h: u8) -> &'static str {
-    match h {
-        HEALTH_HEALTHY => "healthy",
-        HEALTH_UNHEALTHY => "unhealthy",
-        _ => "unknown",
-    }
-}
-
 /// Every listener, sorted by (load balancer, port).
 pub fn collect(server: &Server) -> Vec<ListenerStatus> {
     let bound = server.local_addrs();
     server
-        .runtimes()
+        .listeners()
         .iter()
         .map(|rt| listener_status(rt, bound.get(&rt.key).copied()))
         .collect()
 }
 
-fn listener_status(rt: &ListenerRuntime, bound: Option<SocketAddr>) -> ListenerStatus {
+fn listener_status(rt: &ListenerState, bound: Option<SocketAddr>) -> ListenerStatus {
     let view = rt.view.load();
     let l = &view.listener;
     let m = &rt.metrics;
@@ -78,8 +70,8 @@ fn listener_status(rt: &ListenerRuntime, bound: Option<SocketAddr>) -> ListenerS
             server_id: b.server_id.to_string(),
             address: b.addr.to_string(),
             weight: b.weight,
-            health: health_name(state.health.load(Ordering::Relaxed)),
-            last_change_unix_ms: state.last_change.load(Ordering::Relaxed),
+            health: state.health().as_str(),
+            last_change_unix_ms: state.last_change_unix_ms(),
             active_connections: state.active.load(Ordering::Relaxed),
             connections_total: state.metrics.connections.get(),
             connect_failures: state.metrics.connect_failures.get(),

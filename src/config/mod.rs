@@ -92,12 +92,18 @@ pub struct BackendServer {
     pub weight: u32,
 }
 
+/// The listener's `Scheduler` parameter: how [`crate::scheduler::Selector`] picks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scheduler {
+    /// Smooth weighted round robin.
     Wrr,
+    /// Weighted least connections.
     Wlc,
+    /// Plain round robin (weights only exclude at 0).
     Rr,
+    /// Consistent hash of the client IP.
     Sch,
+    /// Consistent hash of (client IP, listener IP, client port, listener port).
     Tch,
 }
 

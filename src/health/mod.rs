@@ -1,10 +1,11 @@
 //! Health checks: every (listener, backend) probed on its own cadence.
 //!
+//! - [`hysteresis`]: the pure state machine that turns probe results into
+//!   transitions (thresholds).
 //! - [`probe`]: one TCP or HTTP probe, bounded by the effective timeout.
 //! - [`task`]: the [`task::Sweep`] that runs every target's probes: cadence with a
-//!   per-target phase, the hysteresis of [`crate::health_state::HealthState`], and
-//!   what a transition does (health in [`BackendRuntime`], metrics, one log line,
-//!   a rebuild of the listener's view).
+//!   per-target phase, the hysteresis, and what a transition does (health in the
+//!   [`BackendState`], metrics, one log line, a rebuild of the listener's view).
 //! - [`Checks`] (here): the registry the server keeps in step with the config.
 //!
 //! The checks never run where connections are proxied. In the binary they run on
@@ -27,41 +28,18 @@
 //! - A reload keeps each remaining backend's health and streak; changed settings
 //!   (thresholds, interval, timeout, probe kind, target) apply from the next probe.
 
+pub mod hysteresis;
 pub mod probe;
 pub mod task;
 
 use crate::config::{Backend, HealthCheckType, HttpCodes, Listener, ListenerKey};
-use crate::snapshot::{BackendRuntime, ListenerRuntime};
+use crate::state::{BackendState, ListenerState};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio_util::sync::{CancellationToken, DropGuard};
-
-/// Probe results of one backend of one listener, readable without the metrics
-/// recorder (integration tests count them; the status page may show them).
-#[derive(Debug, Default)]
-pub struct CheckCounts {
-    success: AtomicU64,
-    failure: AtomicU64,
-}
-
-impl CheckCounts {
-    pub fn record(&self, ok: bool) {
-        let counter = if ok { &self.success } else { &self.failure };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn successes(&self) -> u64 {
-        self.success.load(Ordering::Relaxed)
-    }
-
-    pub fn failures(&self) -> u64 {
-        self.failure.load(Ordering::Relaxed)
-    }
-}
+use tokio_util::sync::DropGuard;
 
 /// What a probe sends.
 #[derive(Debug, Clone, PartialEq)]
@@ -160,7 +138,7 @@ impl Checks {
         let current = Handle::current();
         let (runtime, thread) = match current.runtime_flavor() {
             RuntimeFlavor::CurrentThread => (current, None),
-            _ => match health_thread() {
+            _ => match crate::workers::runtime_thread("edgelb-health") {
                 Ok((handle, stop)) => (handle, Some(stop)),
                 Err(error) => {
                     tracing::warn!(%error, "cannot start the health-check thread; checks share the workers");
@@ -179,15 +157,15 @@ impl Checks {
     }
 
     /// Brings the checks of one listener in line with its (new) config, after
-    /// `runtime.update(listener)`: checks start for new backends, stop for removed
+    /// `state.update(listener)`: checks start for new backends, stop for removed
     /// ones (or all, when the listener is stopped), and get the new settings.
-    pub fn sync(&mut self, runtime: &Arc<ListenerRuntime>, listener: &Listener) {
+    pub fn sync(&mut self, state: &Arc<ListenerState>, listener: &Listener) {
         let key = listener.key();
         if !listener.is_running() {
             self.stop(&key);
             return;
         }
-        let states: HashMap<Arc<str>, Arc<BackendRuntime>> = runtime
+        let states: HashMap<Arc<str>, Arc<BackendState>> = state
             .backend_states()
             .into_iter()
             .map(|b| (b.server_id.clone(), b))
@@ -211,16 +189,16 @@ impl Checks {
                 }
                 continue;
             }
-            let Some(state) = states.get(&backend.server_id) else {
-                // Not in the view: only if `runtime` was not updated with `listener`.
+            let Some(backend_state) = states.get(&backend.server_id) else {
+                // Not in the view: only if `state` was not updated with `listener`.
                 continue;
             };
             self.next_id += 1;
             let target = Arc::new(target);
             let _ = self.sweep.send(task::Command::Add {
                 id: self.next_id,
-                runtime: runtime.clone(),
-                backend: state.clone(),
+                listener: state.clone(),
+                backend: backend_state.clone(),
                 target: target.clone(),
             });
             loops.insert(
@@ -238,29 +216,6 @@ impl Checks {
     pub fn stop(&mut self, key: &ListenerKey) {
         self.listeners.remove(key);
     }
-
-    /// Targets checked now.
-    pub fn len(&self) -> usize {
-        self.listeners.values().map(HashMap::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// Starts `edgelb-health`: a current-thread runtime that runs until the guard drops.
-fn health_thread() -> std::io::Result<(tokio::runtime::Handle, DropGuard)> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let handle = runtime.handle().clone();
-    let stop = CancellationToken::new();
-    let stopped = stop.clone();
-    std::thread::Builder::new()
-        .name("edgelb-health".into())
-        .spawn(move || runtime.block_on(stopped.cancelled()))?;
-    Ok((handle, stop.drop_guard()))
 }
 
 #[cfg(test)]

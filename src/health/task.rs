@@ -24,17 +24,14 @@
 //! its slot across restarts and two nodes with one config probe alike. The key is
 //! fixed: the phase needs spreading, not secrecy.
 
+use super::hysteresis::{HealthState, Transition};
 use super::{probe, Target};
-use crate::health_state::{Health, HealthState, Transition};
-use crate::snapshot::{
-    BackendRuntime, ListenerRuntime, HEALTH_HEALTHY, HEALTH_UNHEALTHY, HEALTH_UNKNOWN,
-};
+use crate::state::{BackendState, Health, ListenerState};
 use crate::warn_every::WarnEvery;
 use siphasher::sip::SipHasher13;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -97,21 +94,13 @@ pub fn next_start(scheduled: Instant, interval: Duration, now: Instant, epoch: I
 /// host runs out of descriptors every target hits it at once.
 static NOT_SENT_WARNING: WarnEvery = WarnEvery::new(5);
 
-fn health_code(h: Health) -> u8 {
-    match h {
-        Health::Unknown => HEALTH_UNKNOWN,
-        Health::Healthy => HEALTH_HEALTHY,
-        Health::Unhealthy => HEALTH_UNHEALTHY,
-    }
-}
-
 /// What [`Checks`](super::Checks) tells the sweep.
 pub enum Command {
     /// Check a new target: its first probe starts at once.
     Add {
         id: u64,
-        runtime: Arc<ListenerRuntime>,
-        backend: Arc<BackendRuntime>,
+        listener: Arc<ListenerState>,
+        backend: Arc<BackendState>,
         target: Arc<Target>,
     },
     /// New settings, from the next probe on.
@@ -129,8 +118,8 @@ struct Finished {
 
 /// One checked target.
 struct Checked {
-    runtime: Arc<ListenerRuntime>,
-    backend: Arc<BackendRuntime>,
+    listener: Arc<ListenerState>,
+    backend: Arc<BackendState>,
     target: Arc<Target>,
     state: HealthState,
     stage: Stage,
@@ -206,7 +195,7 @@ impl Sweep {
         match command {
             Command::Add {
                 id,
-                runtime,
+                listener,
                 backend,
                 target,
             } => {
@@ -215,7 +204,7 @@ impl Sweep {
                 self.targets.insert(
                     id,
                     Checked {
-                        runtime,
+                        listener,
                         backend,
                         target,
                         state,
@@ -310,8 +299,8 @@ impl Sweep {
         let interval = checked.target.interval;
         let next = if checked.first {
             let phase = phase(
-                &checked.runtime.key.load_balancer_id,
-                checked.runtime.key.listener_port,
+                &checked.listener.key.load_balancer_id,
+                checked.listener.key.listener_port,
                 &checked.backend.server_id,
                 interval,
             );
@@ -333,11 +322,7 @@ impl Checked {
         if let Stage::Probing(Some(task)) = self.stage {
             task.abort();
         }
-        self.backend.health.store(HEALTH_UNKNOWN, Ordering::Relaxed);
-        self.backend
-            .last_change
-            .store(crate::snapshot::unix_millis(), Ordering::Relaxed);
-        self.backend.metrics.healthy.set(1.0);
+        self.backend.set_health(Health::Unknown);
     }
 
     fn record(&mut self, result: Result<(), probe::ProbeError>) {
@@ -347,7 +332,7 @@ impl Checked {
         if let Err(error) = &result {
             if error.is_local() {
                 if NOT_SENT_WARNING.due() {
-                    tracing::warn!(load_balancer_id = %self.runtime.key.load_balancer_id, listener = self.runtime.key.listener_port, server_id = %self.backend.server_id, backend = %target.addr, %error, "health probe not sent; backend health unchanged (further such warnings within 5 s are not logged)");
+                    tracing::warn!(load_balancer_id = %self.listener.key.load_balancer_id, listener = self.listener.key.listener_port, server_id = %self.backend.server_id, backend = %target.addr, %error, "health probe not sent; backend health unchanged (further such warnings within 5 s are not logged)");
                 }
                 return;
             }
@@ -362,7 +347,7 @@ impl Checked {
         }
         let failure = result.err();
         if let Some(error) = &failure {
-            tracing::debug!(load_balancer_id = %self.runtime.key.load_balancer_id, listener = self.runtime.key.listener_port, server_id = %self.backend.server_id, backend = %target.addr, %error, "health probe failed");
+            tracing::debug!(load_balancer_id = %self.listener.key.load_balancer_id, listener = self.listener.key.listener_port, server_id = %self.backend.server_id, backend = %target.addr, %error, "health probe failed");
         }
         if let Some(transition) = self.state.record(ok) {
             self.apply(transition, failure.as_ref());
@@ -372,20 +357,15 @@ impl Checked {
     fn apply(&self, t: Transition, failure: Option<&probe::ProbeError>) {
         let b = &self.backend;
         let target = &self.target;
-        b.health.store(health_code(t.to), Ordering::Relaxed);
-        b.last_change
-            .store(crate::snapshot::unix_millis(), Ordering::Relaxed);
-        b.metrics
-            .healthy
-            .set(if t.to.is_eligible() { 1.0 } else { 0.0 });
+        b.set_health(t.to);
         match t.to {
             Health::Healthy => b.metrics.to_healthy.increment(1),
             Health::Unhealthy => b.metrics.to_unhealthy.increment(1),
             Health::Unknown => {}
         }
         tracing::info!(
-            load_balancer_id = %self.runtime.key.load_balancer_id,
-            listener = self.runtime.key.listener_port,
+            load_balancer_id = %self.listener.key.load_balancer_id,
+            listener = self.listener.key.listener_port,
             server_id = %b.server_id,
             backend = %target.addr,
             from = %t.from,
@@ -395,7 +375,7 @@ impl Checked {
         );
         // Unknown -> Healthy changes no eligibility: the view stays as it is.
         if t.from.is_eligible() != t.to.is_eligible() {
-            self.runtime.rebuild();
+            self.listener.rebuild();
         }
     }
 }

@@ -26,24 +26,10 @@ pub use live::LiveCount;
 pub use maglev::table_size;
 pub use wlc::ActiveGuard;
 
+use crate::config::Scheduler;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-
-/// The listener's `Scheduler` parameter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Algorithm {
-    /// Smooth weighted round robin.
-    Wrr,
-    /// Weighted least connections.
-    Wlc,
-    /// Plain round robin (weights only exclude at 0).
-    Rr,
-    /// Consistent hash of the client IP.
-    Sch,
-    /// Consistent hash of (client IP, listener IP, client port, listener port).
-    Tch,
-}
 
 /// One configured backend of the listener, in configuration order.
 #[derive(Debug, Clone)]
@@ -79,7 +65,7 @@ pub struct FlowKey {
 
 /// An immutable scheduling decision structure for one listener.
 pub struct Selector {
-    algorithm: Algorithm,
+    algorithm: Scheduler,
     candidates: Vec<Candidate>,
     fail_open: bool,
     strategy: Strategy,
@@ -101,7 +87,7 @@ impl Selector {
     /// Building is not quite pure: a wlc selector over a large pool links the
     /// candidates' counts to its tree, so the newest selector built over them is
     /// the one whose picks stay exact.
-    pub fn build(algorithm: Algorithm, candidates: Vec<Candidate>, hash_seed: &str) -> Selector {
+    pub fn build(algorithm: Scheduler, candidates: Vec<Candidate>, hash_seed: &str) -> Selector {
         // The previous selector's tree stops hearing of changes; wlc relinks.
         for c in &candidates {
             c.active.unlink();
@@ -111,14 +97,14 @@ impl Selector {
             Strategy::Empty
         } else {
             match algorithm {
-                Algorithm::Rr => Strategy::Rr(RoundRobin::new(&pool)),
-                Algorithm::Wrr => Strategy::Wrr(wrr::SmoothWrr::new(&candidates, &pool)),
-                Algorithm::Wlc => Strategy::Wlc(wlc::LeastConn::new(&candidates, &pool)),
-                Algorithm::Sch | Algorithm::Tch => Strategy::Hash(maglev::ConsistentHash::new(
+                Scheduler::Rr => Strategy::Rr(RoundRobin::new(&pool)),
+                Scheduler::Wrr => Strategy::Wrr(wrr::SmoothWrr::new(&candidates, &pool)),
+                Scheduler::Wlc => Strategy::Wlc(wlc::LeastConn::new(&candidates, &pool)),
+                Scheduler::Sch | Scheduler::Tch => Strategy::Hash(maglev::ConsistentHash::new(
                     &candidates,
                     &pool,
                     hash_seed,
-                    algorithm == Algorithm::Tch,
+                    algorithm == Scheduler::Tch,
                 )),
             }
         };
@@ -155,7 +141,7 @@ impl Selector {
         self.fail_open
     }
 
-    pub fn algorithm(&self) -> Algorithm {
+    pub fn algorithm(&self) -> Scheduler {
         self.algorithm
     }
 
@@ -254,12 +240,12 @@ mod tests {
         (0..n).map(|_| s.pick(&flow(), &[]).unwrap()).collect()
     }
 
-    const ALL: [Algorithm; 5] = [
-        Algorithm::Wrr,
-        Algorithm::Wlc,
-        Algorithm::Rr,
-        Algorithm::Sch,
-        Algorithm::Tch,
+    const ALL: [Scheduler; 5] = [
+        Scheduler::Wrr,
+        Scheduler::Wlc,
+        Scheduler::Rr,
+        Scheduler::Sch,
+        Scheduler::Tch,
     ];
 
     #[test]
@@ -277,7 +263,7 @@ mod tests {
             Candidate::new("d", 100, true),
             Candidate::new("e", 1, true),
         ];
-        let s = Selector::build(Algorithm::Rr, c, "");
+        let s = Selector::build(Scheduler::Rr, c, "");
         assert!(!s.is_fail_open());
         assert_eq!(picks(&s, 7), vec![0, 3, 4, 0, 3, 4, 0]);
     }
@@ -305,7 +291,7 @@ mod tests {
             assert!(!s.is_fail_open());
             assert_eq!(s.pick(&flow(), &[]), None, "{alg:?}");
         }
-        let s = Selector::build(Algorithm::Rr, Vec::new(), "");
+        let s = Selector::build(Scheduler::Rr, Vec::new(), "");
         assert_eq!(s.pick(&flow(), &[]), None);
     }
 
@@ -325,7 +311,7 @@ mod tests {
 
     #[test]
     fn a_retry_does_not_use_up_a_turn() {
-        for alg in [Algorithm::Rr, Algorithm::Wrr] {
+        for alg in [Scheduler::Rr, Scheduler::Wrr] {
             let c = vec![Candidate::new("a", 1, true), Candidate::new("b", 1, true)];
             let s = Selector::build(alg, c, "seed");
             // a is dead: each connection that meets it retries on b; the next
@@ -363,12 +349,12 @@ mod tests {
 
     #[test]
     fn guard_from_selector_counts_connection() {
-        let s = Selector::build(Algorithm::Wlc, vec![Candidate::new("a", 1, true)], "");
+        let s = Selector::build(Scheduler::Wlc, vec![Candidate::new("a", 1, true)], "");
         let g = s.guard(0).unwrap();
         assert_eq!(s.candidates()[0].active.load(Ordering::Relaxed), 1);
         drop(g);
         assert_eq!(s.candidates()[0].active.load(Ordering::Relaxed), 0);
         assert!(s.guard(1).is_none());
-        assert_eq!(s.algorithm(), Algorithm::Wlc);
+        assert_eq!(s.algorithm(), Scheduler::Wlc);
     }
 }

@@ -1,7 +1,8 @@
 //! Tests of the consistent-hash schedulers (`sch`, `tch`) through the public
 //! API: shares, determinism, disruption on change, health, retries.
 
-use super::{Algorithm, Candidate, FlowKey, Selector};
+use super::{Candidate, FlowKey, Selector};
+use crate::config::Scheduler;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -38,7 +39,7 @@ fn backends(spec: &[(&str, u32, bool)]) -> Vec<Candidate> {
 }
 
 /// The server_id each flow goes to.
-fn map(alg: Algorithm, c: Vec<Candidate>, seed: &str, flows: &[FlowKey]) -> Vec<Arc<str>> {
+fn map(alg: Scheduler, c: Vec<Candidate>, seed: &str, flows: &[FlowKey]) -> Vec<Arc<str>> {
     let s = Selector::build(alg, c, seed);
     flows
         .iter()
@@ -71,7 +72,7 @@ fn moved(a: &[Arc<str>], b: &[Arc<str>]) -> usize {
 
 #[test]
 fn shares_follow_weights_v4_and_v6() {
-    for alg in [Algorithm::Sch, Algorithm::Tch] {
+    for alg in [Scheduler::Sch, Scheduler::Tch] {
         let c = backends(&[("a", 100, true), ("b", 50, true), ("c", 50, true)]);
         let f = flows();
         let m = map(alg, c, "seed", &f);
@@ -96,7 +97,7 @@ fn map_ignores_config_order() {
     let mut rev = spec;
     rev.reverse();
     let f = flows();
-    for alg in [Algorithm::Sch, Algorithm::Tch] {
+    for alg in [Scheduler::Sch, Scheduler::Tch] {
         assert_eq!(
             map(alg, backends(&spec), "s", &f),
             map(alg, backends(&rev), "s", &f),
@@ -108,19 +109,19 @@ fn map_ignores_config_order() {
 #[test]
 fn seed_changes_the_map() {
     let f = flows();
-    let a = map(Algorithm::Sch, ten(None), "node-seed-1", &f);
-    let b = map(Algorithm::Sch, ten(None), "node-seed-2", &f);
+    let a = map(Scheduler::Sch, ten(None), "node-seed-1", &f);
+    let b = map(Scheduler::Sch, ten(None), "node-seed-2", &f);
     assert!(moved(&a, &b) > f.len() / 2, "{}", moved(&a, &b));
-    assert_eq!(a, map(Algorithm::Sch, ten(None), "node-seed-1", &f));
+    assert_eq!(a, map(Scheduler::Sch, ten(None), "node-seed-1", &f));
 }
 
 #[test]
 fn removing_one_of_ten_moves_about_a_tenth() {
     let f = flows();
-    let before = map(Algorithm::Sch, ten(None), "s", &f);
+    let before = map(Scheduler::Sch, ten(None), "s", &f);
     let mut nine = ten(None);
     nine.remove(3);
-    let after = map(Algorithm::Sch, nine, "s", &f);
+    let after = map(Scheduler::Sch, nine, "s", &f);
     let n = f.len();
     let total = moved(&before, &after);
     let of_removed = before.iter().filter(|id| &***id == "srv-03").count();
@@ -137,10 +138,10 @@ fn removing_one_of_ten_moves_about_a_tenth() {
 #[test]
 fn adding_one_to_ten_moves_about_an_eleventh() {
     let f = flows();
-    let before = map(Algorithm::Sch, ten(None), "s", &f);
+    let before = map(Scheduler::Sch, ten(None), "s", &f);
     let mut eleven = ten(None);
     eleven.push(Candidate::new("srv-new", 100, true));
-    let after = map(Algorithm::Sch, eleven, "s", &f);
+    let after = map(Scheduler::Sch, eleven, "s", &f);
     let n = f.len();
     let total = moved(&before, &after);
     let to_new = after.iter().filter(|id| &***id == "srv-new").count();
@@ -151,7 +152,7 @@ fn adding_one_to_ten_moves_about_an_eleventh() {
 #[test]
 fn unhealthy_moves_only_its_keys_and_they_come_back() {
     let f = flows();
-    for alg in [Algorithm::Sch, Algorithm::Tch] {
+    for alg in [Scheduler::Sch, Scheduler::Tch] {
         let before = map(alg, ten(None), "s", &f);
         let during = map(alg, ten(Some("srv-04")), "s", &f);
         let mut spread: HashMap<&str, usize> = HashMap::new();
@@ -185,8 +186,8 @@ fn unhealthy_keys_spread_by_weight() {
             ("d", 100, d_healthy),
         ])
     };
-    let before = map(Algorithm::Sch, spec(true), "s", &f);
-    let during = map(Algorithm::Sch, spec(false), "s", &f);
+    let before = map(Scheduler::Sch, spec(true), "s", &f);
+    let during = map(Scheduler::Sch, spec(false), "s", &f);
     let moved: Vec<Arc<str>> = before
         .iter()
         .zip(&during)
@@ -211,13 +212,13 @@ fn tch_distinguishes_client_ports_sch_does_not() {
         ids.dedup();
         ids.len()
     };
-    assert_eq!(distinct(Algorithm::Sch), 1);
-    assert!(distinct(Algorithm::Tch) >= 8);
+    assert_eq!(distinct(Scheduler::Sch), 1);
+    assert!(distinct(Scheduler::Tch) >= 8);
 }
 
 #[test]
 fn v4_mapped_v6_hashes_as_v4() {
-    let s = Selector::build(Algorithm::Sch, ten(None), "s");
+    let s = Selector::build(Scheduler::Sch, ten(None), "s");
     for i in 0..100 {
         let f = v4_flow(i, 1);
         let IpAddr::V4(v4) = f.client.ip() else {
@@ -234,7 +235,7 @@ fn v4_mapped_v6_hashes_as_v4() {
 #[test]
 fn retries_are_deterministic_and_avoid_tried() {
     let f = flows();
-    for alg in [Algorithm::Sch, Algorithm::Tch] {
+    for alg in [Scheduler::Sch, Scheduler::Tch] {
         for healthy_except in [None, Some("srv-01")] {
             let a = Selector::build(alg, ten(healthy_except), "s");
             let mut rev = ten(healthy_except);

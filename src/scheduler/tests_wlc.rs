@@ -25,7 +25,7 @@ fn candidates(weights: &[u32], active: &[u64]) -> Vec<Candidate> {
 
 /// A wlc selector over `candidates` that scans pools up to `scan_max`.
 fn build(candidates: Vec<Candidate>, scan_max: usize) -> Selector {
-    let mut s = Selector::build(Algorithm::Wlc, candidates, "");
+    let mut s = Selector::build(Scheduler::Wlc, candidates, "");
     let (pool, _) = scheduling_pool(&s.candidates);
     s.strategy = Strategy::Wlc(LeastConn::with_scan_max(&s.candidates, &pool, scan_max));
     s
@@ -150,7 +150,7 @@ fn tree_picks_an_exact_minimum_at_any_size() {
     for n in [1, 2, 3, SCAN_MAX + 1, 100, 1000] {
         let weights: Vec<u32> = (0..n).map(|_| (lcg(&mut r) % 100) as u32 + 1).collect();
         let active: Vec<u64> = (0..n).map(|_| lcg(&mut r) % 50).collect();
-        let s = Selector::build(Algorithm::Wlc, candidates(&weights, &active), "");
+        let s = Selector::build(Scheduler::Wlc, candidates(&weights, &active), "");
         let mut held = Vec::new();
         for _ in 0..3 * n {
             let i = pick(&s);

@@ -91,8 +91,9 @@ fn gcd(mut a: u32, mut b: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::super::tests::flow;
-    use super::super::{Algorithm, Candidate, Selector};
+    use super::super::{Candidate, Selector};
     use super::*;
+    use crate::config::Scheduler;
     use std::sync::Arc;
 
     fn selector(weights: &[u32]) -> Selector {
@@ -101,7 +102,7 @@ mod tests {
             .enumerate()
             .map(|(i, &w)| Candidate::new(format!("s{i}"), w, true))
             .collect();
-        Selector::build(Algorithm::Wrr, c, "")
+        Selector::build(Scheduler::Wrr, c, "")
     }
 
     #[test]

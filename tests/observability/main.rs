@@ -2,7 +2,7 @@
 //! status page in a real browser, JSON logs of the binary, the Grafana dashboard.
 //!
 //! Its own test binary because the `metrics` recorder is process-global and can be
-//! installed once: [`recorder`] does it, and each test uses its own load balancer id
+//! installed once: `edgelb::admin::recorder` does it, and each test uses its own load balancer id
 //! so tests running in parallel do not share series.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,21 +15,13 @@ mod logs;
 mod page;
 
 use edgelb::admin::{self, AdminState};
-use metrics_exporter_prometheus::PrometheusHandle;
+use edgelb::process::Process;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// The process's Prometheus recorder, installed on first use.
-pub fn recorder() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| admin::install_recorder().expect("install the recorder"))
-        .clone()
-}
 
 /// `config_text` with the load balancer named `id`.
 pub fn config_for(id: &str, backends: &[(&str, SocketAddr, u32)], extra: &str) -> String {
@@ -48,14 +40,15 @@ pub async fn start_admin(state: Arc<AdminState>) -> SocketAddr {
     addr
 }
 
-/// A running lb with an admin server in front of it (ready, recorder installed).
-pub async fn lb_with_admin(text: &str) -> (Lb, SocketAddr) {
-    let prometheus = recorder();
-    let lb = start_lb(text);
-    let state = Arc::new(AdminState::new(Some(prometheus)));
-    state.set_server(lb.server.clone());
-    state.ready.store(true, Ordering::Release);
-    (lb, start_admin(state).await)
+/// A running process with its admin server (ready, recorder installed), as the
+/// binary starts it; the admin server stops when the `Process` drops.
+pub async fn lb_with_admin(text: &str) -> (Lb, SocketAddr, Process) {
+    let process = start_process(text, ephemeral_binder(), true).await;
+    let lb = Lb {
+        server: process.server.clone(),
+    };
+    let admin = process.admin_addr.expect("the admin server runs");
+    (lb, admin, process)
 }
 
 /// `GET path`: (status, content type, body).
@@ -99,13 +92,13 @@ const B: usize = 300_000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_connections_and_bytes_exactly_and_parse_strictly() {
     let backend = echo_backend().await;
-    let (lb, admin) =
+    let (lb, admin, _process) =
         lb_with_admin(&config_for("lb-count", &[("b1", backend.addr, 100)], "")).await;
     let payload = random_bytes(B, 3);
     for _ in 0..N {
         echo_through(lb.addr("lb-count", 80), &payload).await;
     }
-    let rt = lb.server.runtimes()[0].clone();
+    let rt = lb.server.listeners()[0].clone();
     // Counts are final when the connection task ends (the last batch is added then).
     wait_until("connections closed", || {
         rt.active.load(Ordering::Relaxed) == 0
@@ -154,7 +147,7 @@ async fn metrics_count_connections_and_bytes_exactly_and_parse_strictly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_spec_metric_is_exported_from_the_start_with_its_labels() {
     let backend = echo_backend().await;
-    let (_lb, admin) = lb_with_admin(&config_for(
+    let (_lb, admin, _process) = lb_with_admin(&config_for(
         "lb-fresh",
         &[("b1", backend.addr, 100)],
         &health_frozen().await,
@@ -276,8 +269,8 @@ async fn status_json_has_listeners_backends_health_and_counts() {
             health_frozen().await
         ),
     );
-    let (lb, admin) = lb_with_admin(&text).await;
-    let rt = lb.server.runtimes()[0].clone();
+    let (lb, admin, _process) = lb_with_admin(&text).await;
+    let rt = lb.server.listeners()[0].clone();
     // Seven pinned clients; the purge task refreshes the count every second.
     let now = std::time::Instant::now();
     let _pinned: Vec<_> = (1..=7u8)
@@ -329,9 +322,7 @@ async fn status_json_has_listeners_backends_health_and_counts() {
             assert_eq!(b[key], 0, "backend.{key}");
         }
     }
-    rt.backend_states()[1]
-        .health
-        .store(edgelb::snapshot::HEALTH_UNHEALTHY, Ordering::Relaxed);
+    rt.backend_states()[1].set_health(edgelb::state::Health::Unhealthy);
     let json: serde_json::Value = serde_json::from_str(&get(admin, "/status").await.2).unwrap();
     assert_eq!(json["listeners"][0]["backends"][1]["health"], "unhealthy");
 }

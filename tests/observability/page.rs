@@ -1,7 +1,7 @@
 //! The status page as a person sees it: rendered by headless Chromium.
 
 use crate::{config_for, echo_through, lb_with_admin};
-use edgelb::snapshot::{HEALTH_HEALTHY, HEALTH_UNHEALTHY};
+use edgelb::state::Health;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use support::*;
@@ -99,11 +99,11 @@ async fn the_status_page_shows_listeners_and_backend_health_in_a_browser() {
         &[("b1", backend.addr, 100), ("b2", other, 50), ("<i>b3</i>", other, 10)],
         &format!("description = \"<script>document.title='pwned'</script>\"\n{frozen}"),
     ) + "[[listeners]]\nload_balancer_id = \"lb-page\"\nlistener_port = 81\nstatus = \"stopped\"\n";
-    let (lb, admin) = lb_with_admin(&text).await;
-    let rt = lb.server.runtimes()[0].clone();
+    let (lb, admin, _process) = lb_with_admin(&text).await;
+    let rt = lb.server.listeners()[0].clone();
     let states = rt.backend_states();
-    states[0].health.store(HEALTH_HEALTHY, Ordering::Relaxed);
-    states[1].health.store(HEALTH_UNHEALTHY, Ordering::Relaxed);
+    states[0].set_health(Health::Healthy);
+    states[1].set_health(Health::Unhealthy);
     echo_through(lb.addr("lb-page", 80), &[7u8; 1000]).await;
     wait_until("connection closed", || {
         rt.active.load(Ordering::Relaxed) == 0

@@ -5,7 +5,9 @@ pub mod process;
 
 use edgelb::config::Config;
 use edgelb::listener::Binder;
+use edgelb::process::{AdminBind, Options, Process};
 use edgelb::server::Server;
+use edgelb::workers::Workers;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -41,7 +43,7 @@ pub fn parse(text: &str) -> Config {
 /// Starts edgelb with `text` (listener ports are names; sockets bind port 0).
 pub fn start_lb(text: &str) -> Lb {
     let config = parse(text);
-    let server = Server::start_with_binder(&config, ephemeral_binder()).expect("start");
+    let server = Server::start(&config, ephemeral_binder(), Workers::current()).expect("start");
     Lb {
         server: Arc::new(server),
     }
@@ -210,13 +212,8 @@ pub struct Api {
     /// The listener file the API writes back.
     pub path: std::path::PathBuf,
     pub control: Arc<edgelb::api::Control>,
-    stop: tokio_util::sync::CancellationToken,
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+    /// Owns the admin server: it stops when the `Api` drops.
+    pub process: Process,
 }
 
 /// A fresh, empty directory under the system's temporary directory.
@@ -238,30 +235,30 @@ pub async fn start_api(text: &str) -> Api {
 
 /// As [`start_api`], with another way to bind listeners.
 pub async fn start_api_with(text: &str, binder: Binder) -> Api {
+    let process = start_process(text, binder, false).await;
+    Api {
+        lb: Lb {
+            server: process.server.clone(),
+        },
+        admin: process.admin_addr.expect("the admin server runs"),
+        path: process.control_path().to_path_buf(),
+        control: process.control.clone(),
+        process,
+    }
+}
+
+/// Writes `text` to `lb.toml` in a temporary directory and starts the process as
+/// the binary does, but on the test's runtime, listeners bound by `binder`, the
+/// admin server on 127.0.0.1:0 and, with `metrics`, the Prometheus recorder.
+pub async fn start_process(text: &str, binder: Binder, metrics: bool) -> Process {
     let path = temp_dir("api").join("lb.toml");
     std::fs::write(&path, text).unwrap();
     let config = Config::load(&path).unwrap_or_else(|e| panic!("invalid test config: {e}\n{text}"));
-    let server = Arc::new(Server::start_with_binder(&config, binder).expect("start"));
-    let control = Arc::new(edgelb::api::Control::new(
-        path.clone(),
-        server.clone(),
-        config,
-    ));
-    let state = Arc::new(edgelb::admin::AdminState::new(None));
-    state.set_server(server.clone());
-    state.set_control(control.clone());
-    state
-        .ready
-        .store(true, std::sync::atomic::Ordering::Release);
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = socket.local_addr().unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(edgelb::admin::serve(socket, state, stop.clone()));
-    Api {
-        lb: Lb { server },
-        admin,
-        path,
-        control,
-        stop,
-    }
+    let options = Options {
+        binder,
+        workers: None,
+        admin: AdminBind::At("127.0.0.1:0".parse().unwrap()),
+        metrics,
+    };
+    Process::start(path, config, options).await.expect("start")
 }

@@ -18,43 +18,12 @@
 //! - Thresholds are clamped to `2..=10` (the API's range); clamping rather than
 //!   failing keeps this type total, validation belongs to the config layer.
 
+use crate::state::Health;
+
 /// Threshold bounds of the listener API.
 pub const MIN_THRESHOLD: u8 = 2;
 /// Threshold bounds of the listener API.
 pub const MAX_THRESHOLD: u8 = 10;
-
-/// What the checker currently believes about a backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
-    /// No probe has completed yet; eligible.
-    Unknown,
-    /// Eligible.
-    Healthy,
-    /// Not eligible for new connections.
-    Unhealthy,
-}
-
-impl Health {
-    /// Whether the scheduler may pick this backend for a new connection.
-    pub fn is_eligible(self) -> bool {
-        matches!(self, Health::Unknown | Health::Healthy)
-    }
-
-    /// Stable lower-case name for logs, metrics labels and the admin API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Health::Unknown => "unknown",
-            Health::Healthy => "healthy",
-            Health::Unhealthy => "unhealthy",
-        }
-    }
-}
-
-impl std::fmt::Display for Health {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A change of [`Health`], reported once by [`HealthState::record`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,11 +122,6 @@ mod tests {
         let s = HealthState::new(3, 3);
         assert_eq!(s.health(), Health::Unknown);
         assert!(s.health().is_eligible());
-        assert!(Health::Healthy.is_eligible());
-        assert!(!Health::Unhealthy.is_eligible());
-        assert_eq!(Health::Unknown.as_str(), "unknown");
-        assert_eq!(Health::Healthy.as_str(), "healthy");
-        assert_eq!(Health::Unhealthy.to_string(), "unhealthy");
     }
 
     #[test]

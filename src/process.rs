@@ -1,0 +1,182 @@
+//! The running process put together, once for the binary, the tests and the
+//! benches: metrics recorder, admin server, worker threads, listeners, control API
+//! and the ready flag, in the order that keeps `/healthz` honest.
+
+use crate::admin::{self, AdminState};
+use crate::api::{Control, ReloadError};
+use crate::config::Config;
+use crate::listener::{self, Binder};
+use crate::metrics;
+use crate::server::{BindError, Server};
+use crate::workers::Workers;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Where the admin server listens.
+#[derive(Debug, Clone, Copy)]
+pub enum AdminBind {
+    /// The file's `[admin] address` (none when it is `""`).
+    FromConfig,
+    /// This address instead (tests: `127.0.0.1:0`).
+    At(SocketAddr),
+    /// No admin server.
+    Off,
+}
+
+/// How to start.
+pub struct Options {
+    /// How listeners get their socket: [`listener::default_binder`] in production.
+    pub binder: Binder,
+    /// Threads that serve connections; `None` serves them on the caller's runtime.
+    pub workers: Option<usize>,
+    pub admin: AdminBind,
+    /// Install the process's Prometheus recorder (once per process; later starts
+    /// reuse it) so `/metrics` answers.
+    pub metrics: bool,
+}
+
+impl Options {
+    /// What `edgelb run` starts with: real binds, `workers` threads, the file's
+    /// admin address, Prometheus metrics.
+    pub fn production(workers: usize) -> Options {
+        Options {
+            binder: listener::default_binder(),
+            workers: Some(workers),
+            admin: AdminBind::FromConfig,
+            metrics: true,
+        }
+    }
+}
+
+/// Why the process could not start (the binary exits 1 with it).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot install the metrics recorder: {0}")]
+    Recorder(String),
+    #[error("admin server cannot bind {address}: {source}")]
+    AdminBind {
+        address: SocketAddr,
+        source: io::Error,
+    },
+    #[error("cannot start the worker threads: {0}")]
+    Workers(io::Error),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+}
+
+/// A started process: its listeners, control API and admin server.
+pub struct Process {
+    pub server: Arc<Server>,
+    pub control: Arc<Control>,
+    pub admin: Arc<AdminState>,
+    /// Where the admin server listens, if it runs.
+    pub admin_addr: Option<SocketAddr>,
+    path: PathBuf,
+    stop_admin: CancellationToken,
+}
+
+impl Process {
+    /// Starts `config`, loaded from `path` (which SIGHUP and the control API
+    /// re-read and write). The admin server answers before the listeners bind
+    /// (`/healthz` says 503 until then); ready once every running listener is bound.
+    pub async fn start(
+        path: PathBuf,
+        config: Config,
+        options: Options,
+    ) -> Result<Process, StartError> {
+        let prometheus = if options.metrics {
+            Some(admin::recorder().map_err(|e| StartError::Recorder(format!("{e:#}")))?)
+        } else {
+            None
+        };
+        let address = match options.admin {
+            AdminBind::FromConfig => config.admin.address,
+            AdminBind::At(address) => Some(address),
+            AdminBind::Off => None,
+        };
+        let admin = Arc::new(AdminState::new(prometheus));
+        let stop_admin = CancellationToken::new();
+        let admin_addr = match address {
+            Some(address) => {
+                let socket = tokio::net::TcpListener::bind(address)
+                    .await
+                    .map_err(|source| StartError::AdminBind { address, source })?;
+                let bound = socket.local_addr().unwrap_or(address);
+                tracing::info!(address = %bound, "admin server listening");
+                tokio::spawn(admin::serve(socket, admin.clone(), stop_admin.clone()));
+                Some(bound)
+            }
+            None => None,
+        };
+        let workers = match options.workers {
+            Some(n) => Workers::spawn(n).map_err(StartError::Workers)?,
+            None => Workers::current(),
+        };
+        let server = Arc::new(Server::start(&config, options.binder, workers)?);
+        let control = Arc::new(Control::new(path.clone(), server.clone(), config));
+        admin.set_server(server.clone());
+        admin.set_control(control.clone());
+        admin.ready.store(true, Ordering::Release);
+        Ok(Process {
+            server,
+            control,
+            admin,
+            admin_addr,
+            path,
+            stop_admin,
+        })
+    }
+
+    /// The listener file this process runs from.
+    pub fn control_path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// SIGHUP: applies the file if it is valid; otherwise keeps everything as it
+    /// is. Logged and counted either way. Goes through the control API's lock, so a
+    /// reload and an API change never interleave.
+    pub async fn reload(&self) {
+        match self.control.reload().await {
+            Err(ReloadError::Invalid(diagnostics)) => {
+                for line in diagnostics.lines() {
+                    tracing::error!("{line}");
+                }
+                tracing::error!(
+                    errors = diagnostics.errors.len(),
+                    "reload refused: the running configuration is unchanged"
+                );
+                metrics::config_reload(false);
+            }
+            Err(ReloadError::Bind(e)) => {
+                tracing::error!(error = %e, "reload refused: the running configuration is unchanged");
+                metrics::config_reload(false);
+            }
+            Ok(config) => {
+                tracing::info!(config = %self.path.display(), listeners = config.listeners.len(), "reloaded");
+                metrics::config_reload(true);
+            }
+        }
+    }
+
+    /// SIGTERM: not ready any more, listening sockets closed, open connections
+    /// given up to `drain_timeout`; then the admin server stops. Returns how many
+    /// connections were cut at the deadline.
+    pub async fn drain(&self) -> usize {
+        tracing::info!("stopping: listening sockets closed, draining");
+        self.admin.ready.store(false, Ordering::Release);
+        let cut = self.server.drain().await;
+        self.stop_admin.cancel();
+        tracing::info!(closed_at_timeout = cut, "stopped");
+        cut
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop_admin.cancel();
+    }
+}
