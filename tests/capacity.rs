@@ -16,6 +16,7 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use support::daemon::Daemon;
 use support::process::{fd_count, raise_nofile, rss_kib, Edgelb, Options};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -47,28 +48,19 @@ async def main():
 asyncio.run(main())
 "#;
 
-struct Python(std::process::Child);
-
-impl Drop for Python {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn python_echo() -> (Python, u16) {
-    let mut child = Command::new("python3")
-        .arg("-c")
-        .arg(PY_ECHO)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 runs the backend");
+fn python_echo() -> (Daemon, u16) {
+    let mut python = Daemon::spawn(
+        Command::new("python3")
+            .arg("-c")
+            .arg(PY_ECHO)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped()),
+    );
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
+    BufReader::new(python.take_stdout())
         .read_line(&mut line)
         .unwrap();
-    (Python(child), line.trim().parse().unwrap())
+    (python, line.trim().parse().unwrap())
 }
 
 /// Waits until `cond` holds, checking every 50 ms for up to `secs`.

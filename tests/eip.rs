@@ -6,8 +6,9 @@ mod support;
 
 use edgelb::proxy_protocol::{decode_v2, Command, SIGNATURE};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::{Child, Command as Process, Stdio};
+use std::process::{Command as Process, Stdio};
 use std::time::Duration;
+use support::daemon::Daemon;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -139,13 +140,13 @@ fn require(program: &str, skip_var: &str) -> bool {
     false
 }
 
-struct Daemon(Child, std::path::PathBuf);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.1);
+/// Stops `daemon` as its drop would, then checks that nothing of it is left
+/// (issue 20): no process of its group, no orphan naming its directory, its port
+/// free again.
+fn stop_leaving_nothing(daemon: Daemon, port: u16) {
+    daemon.stop_leaving_nothing();
+    if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+        panic!("port {port} still held after the daemon stopped: {e}");
     }
 }
 
@@ -186,7 +187,7 @@ async fn nginx_with_proxy_protocol_sees_the_client_address() {
         return;
     }
     let port = free_port();
-    let dir = std::env::temp_dir().join(format!("edgelb-nginx-{}", std::process::id()));
+    let dir = temp_dir("nginx");
     std::fs::create_dir_all(dir.join("logs")).unwrap();
     let conf = format!(
         "worker_processes 1;\nerror_log {d}/logs/error.log;\npid {d}/nginx.pid;\nevents {{ worker_connections 64; }}\n\
@@ -195,20 +196,20 @@ async fn nginx_with_proxy_protocol_sees_the_client_address() {
         d = dir.display()
     );
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let child = Process::new("/usr/sbin/nginx")
-        .args([
-            "-p",
-            dir.to_str().unwrap(),
-            "-c",
-            dir.join("nginx.conf").to_str().unwrap(),
-            "-g",
-            "daemon off;",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _nginx = Daemon(child, dir);
+    let nginx = Daemon::spawn_in(
+        dir.clone(),
+        Process::new("/usr/sbin/nginx")
+            .args([
+                "-p",
+                dir.to_str().unwrap(),
+                "-c",
+                dir.join("nginx.conf").to_str().unwrap(),
+                "-g",
+                "daemon off;",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     let backend: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_port(backend).await;
     let lb = start_lb(&config_text(
@@ -222,6 +223,7 @@ async fn nginx_with_proxy_protocol_sees_the_client_address() {
         body,
         format!("127.0.0.9:{client_port} 127.0.0.1:{}", lb_addr.port())
     );
+    stop_leaving_nothing(nginx, port);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,20 +232,19 @@ async fn haproxy_accept_proxy_sees_the_client_address() {
         return;
     }
     let port = free_port();
-    let dir = std::env::temp_dir().join(format!("edgelb-haproxy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("haproxy");
     let conf = format!(
         "global\n  maxconn 64\ndefaults\n  mode http\n  timeout client 10s\n  timeout server 10s\n  timeout connect 5s\n\
          frontend f\n  bind 127.0.0.1:{port} accept-proxy\n  http-request return status 200 content-type text/plain lf-string \"%[src]:%[src_port] %[dst]:%[dst_port]\"\n"
     );
     std::fs::write(dir.join("haproxy.cfg"), conf).unwrap();
-    let child = Process::new("/usr/sbin/haproxy")
-        .args(["-db", "-f", dir.join("haproxy.cfg").to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _haproxy = Daemon(child, dir);
+    let haproxy = Daemon::spawn_in(
+        dir.clone(),
+        Process::new("/usr/sbin/haproxy")
+            .args(["-db", "-f", dir.join("haproxy.cfg").to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     let backend: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_port(backend).await;
     let lb = start_lb(&config_text(
@@ -257,4 +258,5 @@ async fn haproxy_accept_proxy_sees_the_client_address() {
         body,
         format!("127.0.0.11:{client_port} 127.0.0.1:{}", lb_addr.port())
     );
+    stop_leaving_nothing(haproxy, port);
 }

@@ -131,7 +131,7 @@ fn run_with_an_invalid_file_exits_2_and_binds_nothing() {
 fn demo_shows_the_rotation_over_three_backends() {
     use std::io::BufRead;
     let mut proc = Edgelb::demo(Options::default());
-    let stdout = proc.child.stdout.take().unwrap();
+    let stdout = proc.take_stdout();
     let mut lines = std::io::BufReader::new(stdout).lines();
     let first = lines.next().unwrap().unwrap();
     // "edgelb demo: three backends behind 127.0.0.1:PORT (scheduler rr)"

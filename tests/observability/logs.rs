@@ -1,6 +1,7 @@
 //! The binary's logs with `--log-format json`: one JSON object per line.
 
 use crate::config_for;
+use crate::support::daemon::Daemon;
 use crate::support::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
@@ -21,21 +22,21 @@ fn json_logs_are_one_object_per_line_at_info_without_per_connection_events() {
         .replace("listener_port = 80", &format!("listener_port = {port}"));
     let config = std::env::temp_dir().join(format!("edgelb-logs-{}.toml", std::process::id()));
     std::fs::write(&config, text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_edgelb"))
-        .args([
-            "--log-format",
-            "json",
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-        ])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut edgelb = Daemon::spawn(
+        Command::new(env!("CARGO_BIN_EXE_edgelb"))
+            .args([
+                "--log-format",
+                "json",
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+            ])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
     let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
+    let stderr = edgelb.take_stderr();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
@@ -61,10 +62,10 @@ fn json_logs_are_one_object_per_line_at_info_without_per_connection_events() {
     let mut hi = [0u8; 2];
     client.read_exact(&mut hi).unwrap();
     drop(client);
-    // SAFETY: kill(2) on our own child.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    edgelb.signal(libc::SIGTERM);
     wait(&mut lines, "\"stopped\"");
-    assert!(child.wait().unwrap().success());
+    let status = edgelb.wait_exit(Duration::from_secs(20));
+    assert!(status.expect("edgelb exits after \"stopped\"").success());
     lines.extend(rx.try_iter());
     let _ = std::fs::remove_file(&config);
 

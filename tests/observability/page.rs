@@ -31,7 +31,8 @@ async fn dump_dom(chromium: &str, url: &str) -> String {
 /// Runs headless Chromium with `args`; its stdout.
 async fn chromium_run(chromium: &str, args: &[&str]) -> String {
     let profile = std::env::temp_dir().join(format!("edgelb-chromium-{}", std::process::id()));
-    let output = tokio::process::Command::new(chromium)
+    let mut chromium = std::process::Command::new(chromium);
+    chromium
         .args([
             "--headless",
             "--no-sandbox",
@@ -43,13 +44,9 @@ async fn chromium_run(chromium: &str, args: &[&str]) -> String {
             "--disable-sync",
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(90), output)
-        .await
-        .expect("chromium hung")
-        .expect("chromium runs");
+        .args(args);
+    // Its zygote, renderers and utility processes are stopped with it, even on a hang.
+    let output = daemon::output(&mut chromium, Duration::from_secs(90)).await;
     let _ = std::fs::remove_dir_all(&profile);
     assert!(
         output.status.success(),

@@ -1,6 +1,7 @@
 //! Test harness: the real listener on 127.0.0.1:0 and small loopback backends.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod daemon;
 pub mod process;
 
 use edgelb::config::Config;

@@ -1,20 +1,20 @@
 //! The real `edgelb` binary as a child process, and what `/proc` says about a
 //! process: CPU time, resident memory, open descriptors.
 
+use super::daemon::Daemon;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// A running `edgelb run --config FILE` (or `edgelb demo`), its stderr in a log
-/// file; SIGTERM then SIGKILL when dropped, and its temporary directory removed.
+/// file; SIGTERM then SIGKILL when dropped (a [`Daemon`]), and its temporary
+/// directory (holding `config` and `log`) removed.
 pub struct Edgelb {
-    pub child: std::process::Child,
+    daemon: Daemon,
     pub config: PathBuf,
     pub log: PathBuf,
-    /// The temporary directory holding `config` and `log`.
-    dir: PathBuf,
 }
 
 /// How to start the binary.
@@ -78,17 +78,20 @@ impl Edgelb {
                 });
             }
         }
-        let child = cmd.spawn().unwrap();
         Edgelb {
-            child,
+            daemon: Daemon::spawn_in(dir, &mut cmd),
             config,
             log,
-            dir,
         }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.daemon.pid()
+    }
+
+    /// The piped stdout of `edgelb demo`.
+    pub fn take_stdout(&mut self) -> ChildStdout {
+        self.daemon.take_stdout()
     }
 
     pub fn log_text(&self) -> String {
@@ -99,7 +102,7 @@ impl Edgelb {
     pub fn wait_listening(&mut self, addr: SocketAddr) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.daemon.try_wait() {
                 panic!("edgelb exited with {status}:\n{}", self.log_text());
             }
             if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
@@ -113,53 +116,22 @@ impl Edgelb {
     /// Sends `sig` to the child; panics if it cannot be delivered. Only while the
     /// child has not been reaped (by `is_running` or `wait_exit` seeing it exit).
     pub fn signal(&self, sig: i32) {
-        let pid = i32::try_from(self.pid()).unwrap();
-        // SAFETY: kill only sends a signal to our own child.
-        let rc = unsafe { libc::kill(pid, sig) };
-        assert_eq!(
-            rc,
-            0,
-            "kill({pid}, {sig}): {}",
-            std::io::Error::last_os_error()
-        );
+        self.daemon.signal(sig);
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
+        self.daemon.try_wait().is_none()
     }
 
     /// Waits for the child to exit and returns its status; panics (with the log)
     /// if it is still running after `within`.
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
+        self.daemon.wait_exit(within).unwrap_or_else(|| {
+            panic!(
                 "edgelb did not exit within {within:?}:\n{}",
                 self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Edgelb {
-    fn drop(&mut self) {
-        // Never signal a child already reaped: its pid may belong to another process.
-        if self.child.try_wait().ok().flatten().is_none() {
-            // SAFETY: kill only sends a signal to our own child, not yet reaped.
-            unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline && self.child.try_wait().ok().flatten().is_none() {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+            )
+        })
     }
 }
 
