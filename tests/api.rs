@@ -928,11 +928,62 @@ async fn ten_calls_per_second_per_key() {
     }
 }
 
+/// The SDK version `sdk_interop` runs, as scripts/test.sh installs it.
+const SDK: (&str, &str) = ("alibabacloud-ens20171110", "12.1.0");
+
+/// The python3 of the project's own virtual environment holding the SDK, which
+/// scripts/test.sh creates: `EDGELB_SDK_PYTHON`, else `sdk-venv/bin/python3` in the
+/// target directory. Panics, saying how to get it, when it is missing or lacks the
+/// SDK.
+async fn sdk_python() -> std::path::PathBuf {
+    let python = match std::env::var_os("EDGELB_SDK_PYTHON") {
+        Some(python) => python.into(),
+        None => {
+            let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            // A relative CARGO_TARGET_DIR is taken from the package root, where
+            // scripts/test.sh runs cargo.
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| manifest.join("target"), |dir| manifest.join(dir));
+            target.join("sdk-venv/bin/python3")
+        }
+    };
+    let how = format!(
+        "run `bash scripts/test.sh`: it creates the virtual environment target/sdk-venv with {}=={} (or set EDGELB_SDK_PYTHON to a python3 that has it)",
+        SDK.0, SDK.1
+    );
+    assert!(python.exists(), "{} is missing; {how}", python.display());
+    let version = daemon::output(
+        std::process::Command::new(&python).args([
+            "-c",
+            &format!(
+                "import importlib.metadata as m; print(m.version({:?}))",
+                SDK.0
+            ),
+        ]),
+        std::time::Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        SDK.1,
+        "{} lacks {}=={} ({}); {how}",
+        python.display(),
+        SDK.0,
+        SDK.1,
+        String::from_utf8_lossy(&version.stderr)
+            .lines()
+            .last()
+            .unwrap_or("")
+    );
+    python
+}
+
 /// The official Python SDK drives edgelb unchanged (tests/sdk_interop.py). Needs
-/// `python3` with `alibabacloud-ens20171110==12.1.0` (scripts/test.sh installs it);
-/// fails, never skips, when they are missing.
+/// the SDK's virtual environment ([`sdk_python`]; scripts/test.sh creates it);
+/// fails, never skips, when it is missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_interop() {
+    let python = sdk_python().await;
     let echo = echo_backend().await;
     let port = free_port();
     let file = base_file(echo.addr, KEYS).replace(
@@ -942,29 +993,30 @@ async fn sdk_interop() {
     // The SDK connects to the listener's real port: bind what is configured.
     let api = start_api_with(&file, edgelb::listener::default_binder()).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk_interop.py");
-    let output = tokio::process::Command::new("python3")
-        .arg(script)
-        .env("EDGELB_ENDPOINT", api.admin.to_string())
-        .env("EDGELB_LB", "lb-b")
-        .env("EDGELB_PORT", port.to_string())
-        .env("EDGELB_BACKEND", echo.addr.to_string())
-        .env("EDGELB_OPS_ID", "ops")
-        .env("EDGELB_OPS_SECRET", "ops-secret")
-        .env("EDGELB_RO_ID", "ro")
-        .env("EDGELB_RO_SECRET", "ro-secret")
-        .env("NO_PROXY", "*")
-        .env_remove("HTTP_PROXY")
-        .env_remove("http_proxy")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("https_proxy")
-        .output()
-        .await
-        .expect("python3 must be installed to run the SDK interop test (see scripts/test.sh)");
+    let output = daemon::output(
+        std::process::Command::new(python)
+            .arg(script)
+            .env("EDGELB_ENDPOINT", api.admin.to_string())
+            .env("EDGELB_LB", "lb-b")
+            .env("EDGELB_PORT", port.to_string())
+            .env("EDGELB_BACKEND", echo.addr.to_string())
+            .env("EDGELB_OPS_ID", "ops")
+            .env("EDGELB_OPS_SECRET", "ops-secret")
+            .env("EDGELB_RO_ID", "ro")
+            .env("EDGELB_RO_SECRET", "ro-secret")
+            .env("NO_PROXY", "*")
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy"),
+        std::time::Duration::from_secs(300),
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "SDK interop failed ({}); install the SDK with `pip install alibabacloud-ens20171110==12.1.0`\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        "SDK interop failed ({})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
         output.status
     );
     println!("{stdout}");
