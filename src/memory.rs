@@ -21,20 +21,51 @@ const TRIM_AFTER_CLOSED: usize = 1000;
 /// Watches `limit`'s open count until the runtime ends.
 pub fn spawn_trimmer(limit: Arc<ConnectionLimit>) {
     tokio::spawn(async move {
-        let mut peak = 0;
+        let mut watch = Watch::default();
         let mut tick = tokio::time::interval(CHECK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             let open = limit.open();
-            peak = peak.max(limit.take_peak());
-            if peak - open >= TRIM_AFTER_CLOSED {
+            if let Some(closed) = watch.look(open, limit.take_peak()) {
                 trim();
-                tracing::debug!(closed = peak - open, "returned free heap memory");
-                peak = open;
+                tracing::debug!(closed, "returned free heap memory");
             }
         }
     });
+}
+
+/// When to trim, from one look at the open count every [`CHECK_EVERY`].
+#[derive(Debug, Default)]
+struct Watch {
+    /// The most open at once since the last trim.
+    peak: usize,
+    /// The open count at the last look.
+    last: usize,
+    /// A crowd is leaving: the last look trimmed, and connections still close.
+    leaving: bool,
+}
+
+impl Watch {
+    /// `open` now and the most open since the last look; `Some(closed)` when the
+    /// free memory should be given back now. A crowd that leaves over several
+    /// looks is trimmed at each look while it keeps leaving, not only at the
+    /// look that saw the first [`TRIM_AFTER_CLOSED`] go (the rest would
+    /// otherwise stay in the heap).
+    fn look(&mut self, open: usize, peak_since: usize) -> Option<usize> {
+        self.peak = self.peak.max(peak_since);
+        let closed = self.peak - open.min(self.peak);
+        let still_leaving = self.leaving && open < self.last;
+        self.last = open;
+        if closed >= TRIM_AFTER_CLOSED || still_leaving {
+            self.leaving = true;
+            self.peak = open;
+            Some(closed)
+        } else {
+            self.leaving = false;
+            None
+        }
+    }
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -47,3 +78,41 @@ fn trim() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn trim() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steady_churn_never_trims() {
+        let mut w = Watch::default();
+        for _ in 0..100 {
+            assert_eq!(w.look(500, 900), None);
+        }
+    }
+
+    #[test]
+    fn a_crowd_leaving_over_several_looks_is_trimmed_until_it_has_gone() {
+        let mut w = Watch::default();
+        assert_eq!(w.look(2000, 2000), None);
+        // 1,200 gone at the first look: trim.
+        assert_eq!(w.look(800, 2000), Some(1200));
+        // The other 800 leave over the next two looks: trimmed each time.
+        assert_eq!(w.look(300, 800), Some(500));
+        assert_eq!(w.look(0, 300), Some(300));
+        // Gone: no more trims.
+        assert_eq!(w.look(0, 0), None);
+        assert_eq!(w.look(10, 10), None);
+        assert_eq!(w.look(5, 10), None);
+    }
+
+    #[test]
+    fn a_fall_below_the_threshold_alone_does_not_trim() {
+        let mut w = Watch::default();
+        assert_eq!(w.look(1500, 1500), None);
+        assert_eq!(w.look(600, 1500), None);
+        // Counted from the highest since the last trim, across looks.
+        assert_eq!(w.look(501, 600), None);
+        assert_eq!(w.look(500, 501), Some(1000));
+    }
+}
