@@ -1,5 +1,6 @@
 //! Configuration errors: an API error code, a message and where in the file it happened.
 
+use super::ListenerKey;
 use std::fmt;
 use std::ops::Range;
 
@@ -66,6 +67,21 @@ impl ConfigError {
     pub fn missing(param: &'static str, span: Span) -> Self {
         let message = format!("The parameter {param} is required");
         ConfigError::new(Code::Missing(param), message, span)
+    }
+
+    /// A listener names a load balancer that does not exist (in the file or a call).
+    pub fn load_balancer_not_found(load_balancer_id: &str, span: Span) -> Self {
+        let message = format!("The specified load balancer {load_balancer_id:?} does not exist");
+        ConfigError::new(Code::LoadBalancerNotFound, message, span)
+    }
+
+    /// A second listener with the key of one that exists.
+    pub fn listener_exists(key: &ListenerKey, span: Span) -> Self {
+        let message = format!(
+            "A listener on port {} of {} already exists",
+            key.listener_port, key.load_balancer_id
+        );
+        ConfigError::new(Code::ListenerAlreadyExists, message, span)
     }
 }
 

@@ -128,11 +128,6 @@ impl<'f, 'e, F: Fields> Reader<'f, 'e, F> {
         self.fields.field(param).is_some()
     }
 
-    /// The span of a present field (for errors found after reading it).
-    pub fn span_of(&self, param: &Param) -> Span {
-        self.fields.field(param).and_then(|f| f.span)
-    }
-
     /// An integer in `range`; `None` (with an error recorded) when it is malformed,
     /// and `None` without error when it is absent.
     pub fn int(&mut self, param: &Param, range: std::ops::RangeInclusive<i64>) -> Option<i64> {
@@ -155,6 +150,18 @@ impl<'f, 'e, F: Fields> Reader<'f, 'e, F> {
                 None
             }
         }
+    }
+
+    /// A required integer in `range`: records `Missing<Param>` when absent.
+    pub fn required_int(
+        &mut self,
+        param: &Param,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Option<i64> {
+        if self.missing(param) {
+            return None;
+        }
+        self.int(param, range)
     }
 
     /// An integer in `range`, or `default` when absent. Malformed: `None`.
@@ -200,12 +207,21 @@ impl<'f, 'e, F: Fields> Reader<'f, 'e, F> {
         param: &Param,
         rule: impl Fn(&str) -> Result<(), String>,
     ) -> Option<String> {
-        if self.fields.field(param).is_none() {
-            self.known.push(self.fields.name_of(param));
-            self.error(ConfigError::missing(param.api, self.fields.span()));
+        if self.missing(param) {
             return None;
         }
         self.string(param, rule)
+    }
+
+    /// Whether a required `param` is absent; if so, marks it known and records
+    /// `Missing<Param>` where the object starts.
+    fn missing(&mut self, param: &Param) -> bool {
+        let absent = self.fields.field(param).is_none();
+        if absent {
+            self.known.push(self.fields.name_of(param));
+            self.error(ConfigError::missing(param.api, self.fields.span()));
+        }
+        absent
     }
 
     /// One of `choices`, or `default` when absent; `None` when malformed.

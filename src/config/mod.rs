@@ -12,9 +12,13 @@ mod validate;
 
 pub use error::{line_col, Code, ConfigError, Diagnostics, Span};
 pub use fields::{Field, Fields, Param, Raw, Reader, TomlFields};
-pub use validate::{validate_backend_server, validate_listener_spec, LISTENER_PARAMS};
-/// Parameters the control API names beyond the listener's (same key, same API name).
-pub use validate::{BACKEND_SERVERS, DESCRIPTION, IP, PORT, SERVER_ID, WEIGHT};
+pub use validate::{
+    validate_backend_server, validate_listener_key, validate_listener_spec, LISTENER_PARAMS,
+};
+/// Parameters the control API names on their own (same key, same API name).
+pub use validate::{
+    BACKEND_SERVERS, DESCRIPTION, IP, LISTENER_PORT, LOAD_BALANCER_ID, PORT, SERVER_ID, WEIGHT,
+};
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

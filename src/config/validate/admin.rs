@@ -1,0 +1,192 @@
+//! The `[admin]` section: the control API's address and its `[[admin.access_keys]]`.
+
+use super::cross_checks::check_unique;
+use super::{p, tables};
+use crate::config::error::{ConfigError, Span};
+use crate::config::fields::{Fields, Param, Reader, TomlFields};
+use crate::config::{defaults, rules, AccessKey, Admin};
+use std::net::SocketAddr;
+use std::path::Path;
+use toml_edit::{Item, Table};
+
+const ADMIN_ADDRESS: Param = p("address", "Address");
+const ACCESS_KEYS: Param = p("access_keys", "AccessKeys");
+
+pub(super) fn admin(
+    table: &Table,
+    base_dir: Option<&Path>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Admin> {
+    let fields = TomlFields(table);
+    let mut r = Reader::new(&fields, errors);
+    let address = match r.string(&ADMIN_ADDRESS, parse_admin_address) {
+        None if r.has(&ADMIN_ADDRESS) => None,
+        None => Some(parse_admin_address_value(defaults::ADMIN_ADDRESS)),
+        Some(s) => Some(parse_admin_address_value(&s)),
+    };
+    r.field(&ACCESS_KEYS);
+    r.finish();
+    let key_tables = tables(table, "access_keys", ACCESS_KEYS.api, errors);
+    let keys: Vec<(AccessKey, Span)> = key_tables
+        .iter()
+        .filter_map(|t| access_key(t, base_dir, errors).map(|k| (k, t.span())))
+        .collect();
+    check_unique(&keys, |k| k.access_key_id.clone(), "AccessKeyId", errors);
+    let address = address?;
+    if let Some(addr) = address {
+        if keys.is_empty() && key_tables.is_empty() && !addr.ip().is_loopback() {
+            let why = format!("{addr} is not a loopback address, and no [[admin.access_keys]] are configured: the control API would be open to the network");
+            errors.push(ConfigError::invalid(
+                ADMIN_ADDRESS.api,
+                why,
+                fields.field(&ADMIN_ADDRESS).and_then(|f| f.span),
+            ));
+        }
+    }
+    Some(Admin {
+        address,
+        access_keys: keys.into_iter().map(|(k, _)| k).collect(),
+    })
+}
+
+fn parse_admin_address(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Ok(());
+    }
+    s.parse::<SocketAddr>()
+        .map(|_| ())
+        .map_err(|_| format!("{s:?} is not an IP:port address (or \"\" to disable)"))
+}
+
+fn parse_admin_address_value(s: &str) -> Option<SocketAddr> {
+    s.parse().ok()
+}
+
+fn access_key(
+    table: &Table,
+    base_dir: Option<&Path>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<AccessKey> {
+    let fields = TomlFields(table);
+    let mut r = Reader::new(&fields, errors);
+    let id = r.required_string(&p("access_key_id", "AccessKeyId"), rules::id);
+    let secret_param = p("access_key_secret", "AccessKeySecret");
+    let file_param = p("access_key_secret_file", "AccessKeySecretFile");
+    let inline = r.string(&secret_param, |s| {
+        if s.is_empty() {
+            Err("must not be empty".into())
+        } else {
+            Ok(())
+        }
+    });
+    let file = r.string(&file_param, |_| Ok(()));
+    let actions_param = p("actions", "Actions");
+    let actions_field = r.field(&actions_param);
+    let span = r.span();
+    r.finish();
+    let secret = match (
+        inline,
+        file,
+        has_key(table, secret_param.key),
+        has_key(table, file_param.key),
+    ) {
+        (_, _, true, true) => {
+            let why = "give access_key_secret or access_key_secret_file, not both";
+            errors.push(ConfigError::invalid(
+                secret_param.api,
+                why,
+                table.get(file_param.key).and_then(Item::span),
+            ));
+            None
+        }
+        (Some(s), None, _, _) => Some(s),
+        (None, Some(path), _, _) => read_secret(&path, base_dir, table, errors),
+        (None, None, false, false) => {
+            errors.push(ConfigError::missing(secret_param.api, span.clone()));
+            None
+        }
+        _ => None,
+    };
+    let actions = match actions_field {
+        None => {
+            errors.push(ConfigError::missing(actions_param.api, span));
+            None
+        }
+        Some(field) => actions(table.get(actions_param.key), field.span, errors),
+    };
+    Some(AccessKey {
+        access_key_id: id?,
+        secret: secret?,
+        actions: actions?,
+    })
+}
+
+fn has_key(table: &Table, key: &str) -> bool {
+    table.get(key).is_some()
+}
+
+fn read_secret(
+    path: &str,
+    base_dir: Option<&Path>,
+    table: &Table,
+    errors: &mut Vec<ConfigError>,
+) -> Option<String> {
+    let full = match base_dir {
+        Some(dir) if Path::new(path).is_relative() => dir.join(path),
+        _ => Path::new(path).to_path_buf(),
+    };
+    match std::fs::read_to_string(&full) {
+        Ok(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        Ok(_) => {
+            let why = format!("{} is empty", full.display());
+            errors.push(ConfigError::invalid(
+                "AccessKeySecretFile",
+                why,
+                table.get("access_key_secret_file").and_then(Item::span),
+            ));
+            None
+        }
+        Err(e) => {
+            let why = format!("cannot read {}: {e}", full.display());
+            errors.push(ConfigError::invalid(
+                "AccessKeySecretFile",
+                why,
+                table.get("access_key_secret_file").and_then(Item::span),
+            ));
+            None
+        }
+    }
+}
+
+/// `actions = ["ens:*", "ens:Describe*"]`.
+fn actions(item: Option<&Item>, span: Span, errors: &mut Vec<ConfigError>) -> Option<Vec<String>> {
+    let Some(array) = item.and_then(Item::as_array) else {
+        errors.push(ConfigError::invalid(
+            "Actions",
+            "expected an array of strings such as [\"ens:*\"]",
+            span,
+        ));
+        return None;
+    };
+    let mut out = Vec::new();
+    let mut ok = true;
+    for value in array.iter() {
+        let valid = value.as_str().filter(|s| {
+            s.strip_prefix("ens:").is_some_and(|a| {
+                !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || c == '*')
+            })
+        });
+        match valid {
+            Some(s) => out.push(s.to_string()),
+            None => {
+                ok = false;
+                let why = format!(
+                    "{value} is not an action pattern such as \"ens:*\" or \"ens:Describe*\"",
+                    value = value.to_string().trim()
+                );
+                errors.push(ConfigError::invalid("Actions", why, value.span()));
+            }
+        }
+    }
+    ok.then_some(out)
+}
