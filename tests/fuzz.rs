@@ -15,7 +15,9 @@ use edgelb::api::actions::{self, Action};
 use edgelb::api::params::{self, ApiFields, JsonFields, Params};
 use edgelb::api::signature::{self, Authorization};
 use edgelb::config::{line_col, LISTENER_PARAMS};
-use edgelb::config::{validate_backend_server, validate_listener_spec, Config, Reader};
+use edgelb::config::{
+    validate_backend_server, validate_listener_key, validate_listener_spec, Config, Reader,
+};
 use edgelb::proxy_protocol::{decode_v2, encode_v2, Command, MAX_V2_LEN, SIGNATURE};
 use proptest::prelude::*;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -273,7 +275,7 @@ proptest! {
         if let Some(spec) = spec {
             prop_assert!(spec.listener_port >= 1);
         }
-        let _ = actions::read(&p, &LISTENER_PARAMS, actions::listener_key);
+        let _ = params::read(&p, &LISTENER_PARAMS, validate_listener_key);
         for (k, v) in &p {
             let _ = params::toml_value(k, v);
         }

@@ -1,11 +1,13 @@
-//! The read-only actions, answered from the configuration last applied, with the
-//! field names of the SDK's response models.
+//! The read-only actions, answered from the applied configuration as the SDK's models.
+//!
+//! The backend-server actions answer with [`servers_json`] too.
 
-use super::actions::{listener_key, read, LISTENER_PORT, LOAD_BALANCER_ID};
-use super::params::Params;
-use super::servers::servers_json;
+use super::params::{read, Params};
 use super::ApiError;
-use crate::config::{rules, Config, Listener, Param, Status, DESCRIPTION};
+use crate::config::{
+    rules, validate_listener_key, Config, Listener, Param, Status, DESCRIPTION, LISTENER_PORT,
+    LOAD_BALANCER_ID,
+};
 use serde_json::{json, Value as Json};
 
 const PAGE_NUMBER: Param = Param {
@@ -37,13 +39,10 @@ fn on_off(b: bool) -> &'static str {
 
 /// `DescribeLoadBalancerTCPListenerAttribute`.
 pub fn listener(p: &Params, config: &Config) -> Result<Json, ApiError> {
-    let (lb, port) = read(p, &[LOAD_BALANCER_ID, LISTENER_PORT], listener_key)?;
-    let l = config.listener(&lb, port).ok_or_else(|| {
-        ApiError::bad(
-            "ListenerNotFound",
-            format!("The listener on port {port} of {lb} does not exist"),
-        )
-    })?;
+    let key = read(p, &[LOAD_BALANCER_ID, LISTENER_PORT], validate_listener_key)?;
+    let l = config
+        .listener(&key.load_balancer_id, key.listener_port)
+        .ok_or_else(|| ApiError::listener_not_found(&key))?;
     let s = &l.spec;
     let mut out = json!({
         "ListenerPort": s.listener_port,
@@ -149,12 +148,9 @@ pub fn load_balancer(p: &Params, config: &Config) -> Result<Json, ApiError> {
     let id = read(p, &[LOAD_BALANCER_ID], |r| {
         r.required_string(&LOAD_BALANCER_ID, rules::id)
     })?;
-    let lb = config.load_balancer(&id).ok_or_else(|| {
-        ApiError::bad(
-            "LoadBalancerNotFound",
-            format!("The specified load balancer {id:?} does not exist"),
-        )
-    })?;
+    let lb = config
+        .load_balancer(&id)
+        .ok_or_else(|| ApiError::load_balancer_not_found(&id))?;
     let listeners: Vec<&Listener> = config
         .listeners
         .iter()
@@ -181,4 +177,23 @@ pub fn load_balancer(p: &Params, config: &Config) -> Result<Json, ApiError> {
         "ListenerPortsAndProtocols": ports_and_protocols,
         "BackendServers": servers_json(config, &id),
     }))
+}
+
+/// The backend servers of `lb` as the SDK's `BackendServer` models.
+pub fn servers_json(config: &Config, lb: &str) -> Vec<Json> {
+    config
+        .load_balancer(lb)
+        .map(|lb| {
+            lb.backend_servers
+                .iter()
+                .map(|b| {
+                    let mut s = json!({ "ServerId": b.server_id, "Ip": b.ip.to_string(), "Weight": b.weight, "Type": "ens" });
+                    if let Some(port) = b.port {
+                        s["Port"] = port.into();
+                    }
+                    s
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -9,15 +9,23 @@
 //! atomically ([`writeback`]). SIGHUP reloads go through the same lock
 //! ([`Control::reload`]).
 //!
-//! - [`params`]: form decoding and the validator's view of API parameters.
-//! - [`actions`]: the listener actions that change the file; [`servers`]: the
-//!   backend-server ones; [`describe`]: the read-only ones.
-//! - [`signature`], [`auth`], [`throttle`], [`writeback`].
+//! Modules by layer, lowest first; a module uses only its own layer and those before:
+//! - [`ApiError`] (`error`); [`params`]: form decoding, [`params::read`] and the
+//!   validator's view of API parameters; `edit`: the listener file's tables as the
+//!   actions edit them; [`writeback`] and [`Control`].
+//! - The actions: [`describe`] (read-only), [`listeners`] (those that change a
+//!   listener) and [`servers`] (the backend-server ones).
+//! - [`actions`]: the dispatcher, from an action to the function that runs it.
+//! - [`signature`], [`auth`], [`throttle`]: what a call passes before its action
+//!   ([`handle`], here).
 
 pub mod actions;
 pub mod auth;
 mod control;
 pub mod describe;
+mod edit;
+mod error;
+pub mod listeners;
 pub mod params;
 pub mod servers;
 pub mod signature;
@@ -25,8 +33,8 @@ pub mod throttle;
 pub mod writeback;
 
 pub use control::{Control, ReloadError};
+pub use error::ApiError;
 
-use crate::config::ConfigError;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
@@ -39,45 +47,6 @@ pub const MAX_BODY: usize = 1 << 20;
 
 /// Parameters every call may carry that are not the action's own.
 const PROTOCOL_PARAMS: [&str; 4] = ["Action", "Version", "Format", "RegionId"];
-
-/// An API failure: HTTP status, code and message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: String,
-    pub message: String,
-}
-
-impl ApiError {
-    /// A 400 with `code`.
-    pub fn bad(code: impl Into<String>, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            code: code.into(),
-            message: message.into(),
-        }
-    }
-
-    pub(crate) fn internal(message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "InternalError".into(),
-            message: message.into(),
-        }
-    }
-
-    /// The first of validation `errors` (they come sorted by position), counting the rest.
-    pub fn from_config(errors: &[ConfigError]) -> ApiError {
-        let Some(first) = errors.first() else {
-            return ApiError::bad("InvalidParameter", "invalid parameters");
-        };
-        let mut message = first.message.clone();
-        if errors.len() > 1 {
-            message.push_str(&format!(" (and {} more errors)", errors.len() - 1));
-        }
-        ApiError::bad(first.code.to_string(), message)
-    }
-}
 
 /// Whether an admin request is a control-API call (the rest are the GET pages).
 pub fn is_api_request<B>(req: &Request<B>) -> bool {

@@ -3,7 +3,7 @@
 //! text positions), so API calls get the same ranges, defaults and codes as the file.
 
 use super::ApiError;
-use crate::config::{Field, Fields, Param, Raw, Span};
+use crate::config::{Field, Fields, Param, Raw, Reader, Span};
 use std::collections::BTreeMap;
 
 /// Parameters by their API (PascalCase) name.
@@ -72,6 +72,26 @@ pub fn toml_value(api: &str, text: &str) -> toml_edit::Value {
         }
     }
     text.into()
+}
+
+/// Reads parameters with `f`; any other parameter is `InvalidParameter.<Key>`.
+pub fn read<'p, T>(
+    params: &'p Params,
+    allowed: &'p [Param],
+    f: impl FnOnce(&mut Reader<'_, '_, ApiFields<'p>>) -> Option<T>,
+) -> Result<T, ApiError> {
+    let fields = ApiFields { params, allowed };
+    let mut errors = Vec::new();
+    let mut r = Reader::new(&fields, &mut errors);
+    let out = f(&mut r);
+    for param in allowed {
+        r.field(param);
+    }
+    r.finish();
+    match out {
+        Some(v) if errors.is_empty() => Ok(v),
+        _ => Err(ApiError::from_config(&errors)),
+    }
 }
 
 /// API query parameters as [`Fields`]; only `allowed` parameters are read, so any
@@ -176,7 +196,7 @@ pub fn backend_servers(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{validate_listener_spec, Reader, Scheduler, LISTENER_PARAMS};
+    use crate::config::{validate_listener_spec, Scheduler, LISTENER_PARAMS};
 
     fn params(pairs: &[(&str, &str)]) -> Params {
         pairs

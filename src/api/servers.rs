@@ -1,13 +1,15 @@
-//! The backend-server actions: `AddBackendServers`, `RemoveBackendServers` and
-//! `SetBackendServers` on one load balancer's `[[load_balancers.backend_servers]]`.
-//! Each answers with the load balancer's backend servers after the change.
+//! The backend-server actions: Add, Remove and Set on one load balancer's servers.
+//!
+//! Each edits `[[load_balancers.backend_servers]]` and answers with the load balancer's
+//! backend servers after the change.
 
-use super::actions::{lb_not_found, read, set, tables_mut, Action, LOAD_BALANCER_ID};
-use super::params::{self, toml_value, JsonFields, Params};
+use super::describe::servers_json;
+use super::edit::{self, tables_mut};
+use super::params::{self, read, toml_value, JsonFields, Params};
 use super::{ApiError, Control};
 use crate::config::{
-    rules, validate_backend_server, BackendServer, Config, ConfigError, Param, Reader,
-    BACKEND_SERVERS, IP, PORT, SERVER_ID, WEIGHT,
+    rules, validate_backend_server, BackendServer, ConfigError, Param, Reader, BACKEND_SERVERS, IP,
+    LOAD_BALANCER_ID, PORT, SERVER_ID, WEIGHT,
 };
 use serde_json::{json, Value as Json};
 use toml_edit::{ArrayOfTables, Item, Table};
@@ -21,9 +23,6 @@ fn json_to_toml(api: &str, value: &Json) -> toml_edit::Value {
         other => other.to_string().into(),
     }
 }
-
-/// An edit of one load balancer's `[[backend_servers]]`.
-type ServersEdit = Box<dyn FnOnce(&mut ArrayOfTables) -> Result<(), ApiError> + Send>;
 
 /// Reads each element of `BackendServers` with `f`; unknown keys are errors.
 fn each_server<T>(
@@ -45,66 +44,90 @@ fn each_server<T>(
         .collect()
 }
 
-pub async fn run(action: Action, p: &Params, control: &Control) -> Result<Json, ApiError> {
+/// The parameters of every backend-server action: `LoadBalancerId` and
+/// `BackendServers`, each server read with `f`.
+fn read_call<T>(
+    p: &Params,
+    f: impl Fn(&serde_json::Map<String, Json>, &mut Reader<'_, '_, JsonFields<'_>>) -> Option<T>,
+) -> Result<(String, Vec<T>), ApiError> {
     let lb = read(p, &[LOAD_BALANCER_ID, BACKEND_SERVERS], |r| {
         r.required_string(&LOAD_BALANCER_ID, rules::id)
     })?;
     let list = params::backend_servers(p)?;
-    let edit: ServersEdit = match action {
-        Action::AddBackendServers => {
-            let servers = each_server(&list, |_, r| validate_backend_server(r))?;
-            Box::new(move |aot| {
-                servers.iter().for_each(|s| aot.push(server_table(s)));
-                Ok(())
-            })
+    Ok((lb, each_server(&list, f)?))
+}
+
+/// `AddBackendServers`: appends the servers given.
+pub async fn add(p: &Params, control: &Control) -> Result<Json, ApiError> {
+    let (lb, servers) = read_call(p, |_, r| validate_backend_server(r))?;
+    change(control, lb, move |aot| {
+        servers.iter().for_each(|s| aot.push(server_table(s)));
+        Ok(())
+    })
+    .await
+}
+
+/// `RemoveBackendServers`: removes the servers named by `ServerId`.
+pub async fn remove(p: &Params, control: &Control) -> Result<Json, ApiError> {
+    let (lb, ids) = read_call(p, |_, r| {
+        let id = r.required_string(&SERVER_ID, rules::id);
+        for p in [IP, PORT, WEIGHT] {
+            let _ = r.field(&p);
         }
-        Action::RemoveBackendServers => {
-            let ids = each_server(&list, |_, r| {
-                let id = r.required_string(&SERVER_ID, rules::id);
-                for p in [IP, PORT, WEIGHT] {
-                    let _ = r.field(&p);
-                }
-                id
-            })?;
-            Box::new(move |aot| {
-                for id in &ids {
-                    let i = position(aot, id)?;
-                    aot.remove(i);
-                }
-                Ok(())
-            })
+        id
+    })?;
+    change(control, lb, move |aot| {
+        for id in &ids {
+            let i = position(aot, id)?;
+            aot.remove(i);
         }
-        _ => {
-            let changes = each_server(&list, |object, r| {
-                let id = r.required_string(&SERVER_ID, rules::id);
-                if !r.has(&WEIGHT) {
-                    r.error(ConfigError::missing(WEIGHT.api, None));
-                }
-                let set: Vec<(Param, toml_edit::Value)> = [WEIGHT, IP, PORT]
-                    .iter()
-                    .filter_map(|p| r.field(p).map(|_| *p))
-                    .filter_map(|p| Some((p, json_to_toml(p.api, object.get(p.api)?))))
-                    .collect();
-                Some((id?, set))
-            })?;
-            Box::new(move |aot| {
-                for (id, fields) in changes {
-                    let i = position(aot, &id)?;
-                    let table = aot.get_mut(i).ok_or_else(|| unknown_server(&id))?;
-                    fields.into_iter().for_each(|(p, v)| set(table, p.key, v));
-                }
-                Ok(())
-            })
+        Ok(())
+    })
+    .await
+}
+
+/// `SetBackendServers`: sets `Weight` (required), and `Ip` and `Port` when given, of
+/// the servers named by `ServerId`.
+pub async fn set(p: &Params, control: &Control) -> Result<Json, ApiError> {
+    let (lb, changes) = read_call(p, |object, r| {
+        let id = r.required_string(&SERVER_ID, rules::id);
+        if !r.has(&WEIGHT) {
+            r.error(ConfigError::missing(WEIGHT.api, None));
         }
-    };
-    let lb_id = lb.clone();
+        let set: Vec<(Param, toml_edit::Value)> = [WEIGHT, IP, PORT]
+            .iter()
+            .filter_map(|p| r.field(p).map(|_| *p))
+            .filter_map(|p| Some((p, json_to_toml(p.api, object.get(p.api)?))))
+            .collect();
+        Some((id?, set))
+    })?;
+    change(control, lb, move |aot| {
+        for (id, fields) in changes {
+            let i = position(aot, &id)?;
+            let table = aot.get_mut(i).ok_or_else(|| unknown_server(&id))?;
+            fields
+                .into_iter()
+                .for_each(|(p, v)| edit::set(table, p.key, v));
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Applies `edit` to the `[[backend_servers]]` of load balancer `lb`; answers with its
+/// backend servers after the change.
+async fn change(
+    control: &Control,
+    lb: String,
+    edit: impl FnOnce(&mut ArrayOfTables) -> Result<(), ApiError>,
+) -> Result<Json, ApiError> {
     let (_, config) = control
-        .change(move |doc| {
+        .change(|doc| {
             let lbs = tables_mut(doc.as_table_mut(), "load_balancers")?;
             let table = lbs
                 .iter_mut()
-                .find(|t| t.get("id").and_then(Item::as_str) == Some(lb_id.as_str()))
-                .ok_or_else(|| lb_not_found(&lb_id))?;
+                .find(|t| t.get("id").and_then(Item::as_str) == Some(lb.as_str()))
+                .ok_or_else(|| ApiError::load_balancer_not_found(&lb))?;
             edit(tables_mut(table, "backend_servers")?)
         })
         .await?;
@@ -133,23 +156,4 @@ fn server_table(s: &BackendServer) -> Table {
     }
     t.insert("weight", Item::Value(i64::from(s.weight).into()));
     t
-}
-
-/// The backend servers of `lb` as the SDK's `BackendServer` models.
-pub fn servers_json(config: &Config, lb: &str) -> Vec<Json> {
-    config
-        .load_balancer(lb)
-        .map(|lb| {
-            lb.backend_servers
-                .iter()
-                .map(|b| {
-                    let mut s = json!({ "ServerId": b.server_id, "Ip": b.ip.to_string(), "Weight": b.weight, "Type": "ens" });
-                    if let Some(port) = b.port {
-                        s["Port"] = port.into();
-                    }
-                    s
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
