@@ -4,6 +4,7 @@
 
 use super::ApiError;
 use crate::config::{Field, Fields, Param, Raw, Reader, Span};
+use percent_encoding::percent_decode_str;
 use std::collections::BTreeMap;
 
 /// Parameters by their API (PascalCase) name.
@@ -25,42 +26,34 @@ pub const INTEGER_PARAMS: [&str; 9] = [
 /// Decodes `application/x-www-form-urlencoded` text (a query string or a form body):
 /// `+` is a space, `%XX` a byte, and the result must be UTF-8.
 pub fn parse_form(text: &str) -> Result<Vec<(String, String)>, ApiError> {
-    text.split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            Ok((decode(k)?, decode(v)?))
-        })
-        .collect()
+    strict(text)?;
+    Ok(form_urlencoded::parse(text.as_bytes())
+        .into_owned()
+        .collect())
 }
 
-fn decode(s: &str) -> Result<String, ApiError> {
-    let bad = || {
-        ApiError::bad(
-            "InvalidParameter",
-            format!("{s:?} is not valid form encoding"),
-        )
-    };
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = s.get(i + 1..i + 3).ok_or_else(bad)?;
-                // from_str_radix alone would take a sign: "%+f" is not an escape.
-                if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(bad());
-                }
-                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
-                i += 2;
-            }
-            b => out.push(b),
+/// Refuses what `form_urlencoded` would let through: it keeps a malformed `%` escape as
+/// it is and turns bytes that are not UTF-8 into U+FFFD, where the API refuses the call
+/// rather than guess what was meant. Names the key or value at fault.
+fn strict(text: &str) -> Result<(), ApiError> {
+    let parts = text.split('&').flat_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        [k, v]
+    });
+    for part in parts {
+        let escapes_ok = part.split('%').skip(1).all(|after| {
+            after
+                .get(..2)
+                .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        });
+        if !escapes_ok || percent_decode_str(part).decode_utf8().is_err() {
+            return Err(ApiError::bad(
+                "InvalidParameter",
+                format!("{part:?} is not valid form encoding"),
+            ));
         }
-        i += 1;
     }
-    String::from_utf8(out).map_err(|_| bad())
+    Ok(())
 }
 
 /// The file value for an API text value: integer parameters become TOML integers when

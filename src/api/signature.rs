@@ -12,6 +12,7 @@
 //! (HEADERS ends with a newline of its own, so an empty line follows it.)
 
 use hmac::{Hmac, Mac};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
@@ -52,17 +53,17 @@ impl Authorization {
     }
 }
 
-/// Percent-encoding of a query value as Python's `quote(v, safe='~')`.
+/// What the canonical query encodes: every byte but RFC 3986's unreserved
+/// characters (A-Z a-z 0-9 - _ . ~).
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Percent-encoding of a query value as Python's `quote(v, safe='~')` (upper-case hex).
 pub fn encode_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(value, QUERY_VALUE).to_string()
 }
 
 /// The canonical query string of the decoded query parameters.
@@ -222,6 +223,12 @@ mod tests {
     const PY_CANONICAL_SHA256: &str =
         "5be04297bbcc2942aba01a28998af5ff5af79f77bd6b6abd4ea2e82724faf70c";
     const PY_SIGNATURE: &str = "6dfdc841c35698bb37e421e45b24450a3d565c747ad756e4f446d876de31b3aa";
+
+    #[test]
+    fn values_keep_only_the_unreserved_characters() {
+        assert_eq!(encode_value("aZ09-_.~"), "aZ09-_.~");
+        assert_eq!(encode_value("a b+c/é*"), "a%20b%2Bc%2F%C3%A9%2A");
+    }
 
     #[test]
     fn parses_the_authorization_header() {
