@@ -3,55 +3,28 @@
 //! close).
 
 #![allow(clippy::expect_used)] // a bench that cannot set up should stop loudly
+
+// The tests' harness: the same binder, config and echo backend as they use.
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use edgelb::config::Config;
-use edgelb::server::Server;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use support::{config_text, echo_backend, echo_through, start_lb, Lb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 
 const MIB: usize = 1 << 20;
 
-async fn echo_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind backend");
-    let addr = listener.local_addr().expect("backend address");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
-
-/// Starts edgelb in `rt` in front of an echo backend; returns the listener address.
-fn start(rt: &Runtime) -> (Arc<Server>, SocketAddr) {
+/// Starts edgelb in `rt` in front of an echo backend.
+fn start(rt: &Runtime) -> Lb {
     rt.block_on(async {
         let backend = echo_backend().await;
-        let text = format!(
-            "[admin]\naddress = \"\"\n[[load_balancers]]\nid = \"lb\"\naddress = \"127.0.0.1\"\n\
-             [[load_balancers.backend_servers]]\nserver_id = \"b\"\nip = \"127.0.0.1\"\nport = {}\n\
-             [[listeners]]\nload_balancer_id = \"lb\"\nlistener_port = 80\nscheduler = \"rr\"\n",
-            backend.port()
-        );
-        let config = Config::parse(&text, None).expect("bench config");
-        let binder: edgelb::listener::Binder =
-            Arc::new(|a: SocketAddr| edgelb::listener::bind(SocketAddr::new(a.ip(), 0)));
-        let server = Arc::new(
-            Server::start(&config, binder, edgelb::workers::Workers::current()).expect("start"),
-        );
-        let addr = server
-            .local_addrs()
-            .into_values()
-            .next()
-            .expect("listening");
-        (server, addr)
+        start_lb(&config_text(
+            &[("b", backend.addr, 100)],
+            "",
+            "scheduler = \"rr\"",
+        ))
     })
 }
 
@@ -61,23 +34,15 @@ fn bench_proxy(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let (_server, addr) = start(&rt);
+    let lb = start(&rt);
+    let addr = lb.addr("lb", 80);
     let payload = vec![0x5au8; MIB];
 
     let mut group = c.benchmark_group("proxy");
     group.throughput(Throughput::Bytes(MIB as u64));
     group.bench_function("echo_1MiB", |b| {
         b.to_async(&rt).iter(|| async {
-            let mut s = TcpStream::connect(addr).await.expect("connect");
-            let (mut r, mut w) = s.split();
-            let send = async {
-                w.write_all(&payload).await.expect("write");
-                w.shutdown().await.expect("shutdown");
-            };
-            let mut got = Vec::with_capacity(MIB);
-            let recv = r.read_to_end(&mut got);
-            let ((), n) = tokio::join!(send, recv);
-            assert_eq!(n.expect("read"), MIB);
+            assert_eq!(echo_through(addr, &payload).await.len(), MIB);
         })
     });
     group.throughput(Throughput::Elements(1));

@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A listener file with comments, two load balancers and one listener.
@@ -61,41 +60,15 @@ const KEYS: &str = r#"
   actions = ["ens:Describe*"]
 "#;
 
-/// One HTTP/1.1 exchange; the JSON body and the status.
-async fn http(
+/// One call to the API: the status and the JSON body (`Null` when there is none).
+async fn http_json(
     admin: SocketAddr,
     head: &str,
     headers: &[(String, String)],
     body: &[u8],
 ) -> (u16, Value) {
-    let mut stream = TcpStream::connect(admin).await.unwrap();
-    let mut req = format!("{head} HTTP/1.1\r\n");
-    if !headers.iter().any(|(n, _)| n == "host") {
-        req.push_str(&format!("host: {admin}\r\n"));
-    }
-    for (n, v) in headers {
-        req.push_str(&format!("{n}: {v}\r\n"));
-    }
-    req.push_str(&format!(
-        "content-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    ));
-    stream.write_all(req.as_bytes()).await.unwrap();
-    // A large body may be refused before it is all sent.
-    let _ = stream.write_all(body).await;
-    let mut out = Vec::new();
-    let _ = stream.read_to_end(&mut out).await;
-    let text = String::from_utf8_lossy(&out);
-    let status: u16 = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let json = text
-        .split_once("\r\n\r\n")
-        .and_then(|(_, b)| serde_json::from_str(b).ok())
-        .unwrap_or(Value::Null);
-    (status, json)
+    let (status, _, body) = http(admin, head, headers, body).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 fn query_string(params: &BTreeMap<String, String>) -> String {
@@ -123,7 +96,7 @@ fn map(params: &[(&str, &str)]) -> BTreeMap<String, String> {
 async fn call(api: &Api, action: &str, params: &[(&str, &str)]) -> (u16, Value) {
     let mut q = map(params);
     q.insert("Action".into(), action.into());
-    http(api.admin, &format!("POST /?{}", query_string(&q)), &[], b"").await
+    http_json(api.admin, &format!("POST /?{}", query_string(&q)), &[], b"").await
 }
 
 struct Signing<'a> {
@@ -214,7 +187,7 @@ async fn signed_but_sent(
             names.join(";")
         ),
     ));
-    http(
+    http_json(
         api.admin,
         &format!("POST /?{}", query_string(&map(sent))),
         &all,
@@ -235,13 +208,12 @@ fn ok(reply: (u16, Value)) -> Value {
     reply.1
 }
 
-async fn echo_through(addr: SocketAddr, stream: &mut Option<TcpStream>) {
+/// A ping echoed on `stream`, connected to `addr` first if it is not yet.
+async fn ping(addr: SocketAddr, stream: &mut Option<TcpStream>) {
     if stream.is_none() {
         *stream = Some(TcpStream::connect(addr).await.unwrap());
     }
-    let s = stream.as_mut().unwrap();
-    s.write_all(b"ping").await.unwrap();
-    assert_eq!(read_n(s, 4).await, b"ping");
+    round_trip(stream.as_mut().unwrap(), b"ping").await;
 }
 
 fn accepting(api: &Api, port: u16) -> Option<SocketAddr> {
@@ -292,7 +264,7 @@ async fn a_listener_made_through_the_api_starts_stopped_serves_and_survives_a_re
     .await);
     let addr = accepting(&api, 81).expect("started");
     let mut open = None;
-    echo_through(addr, &mut open).await;
+    ping(addr, &mut open).await;
 
     ok(call(
         &api,
@@ -378,8 +350,8 @@ async fn a_listener_made_through_the_api_starts_stopped_serves_and_survives_a_re
         ),
     };
     let mut fresh = None;
-    echo_through(restarted.addr("lb-a", 81), &mut fresh).await;
-    echo_through(restarted.addr("lb-a", 80), &mut None).await;
+    ping(restarted.addr("lb-a", 81), &mut fresh).await;
+    ping(restarted.addr("lb-a", 80), &mut None).await;
     restarted.server.drain().await;
 
     // Stop closes the socket; the open connection runs on.
@@ -390,7 +362,7 @@ async fn a_listener_made_through_the_api_starts_stopped_serves_and_survives_a_re
     )
     .await);
     assert_eq!(accepting(&api, 81), None);
-    echo_through(addr, &mut open).await;
+    ping(addr, &mut open).await;
     assert!(TcpStream::connect(addr).await.is_err(), "stopped: refused");
 
     ok(call(
@@ -726,14 +698,14 @@ async fn bad_input_gives_400_with_its_code_and_changes_nothing() {
         assert!(reply.1["Message"].as_str().is_some_and(|m| !m.is_empty()));
         assert!(reply.1["RequestId"].is_string());
     }
-    let no_action = http(api.admin, "POST /?LoadBalancerId=lb-a", &[], b"").await;
+    let no_action = http_json(api.admin, "POST /?LoadBalancerId=lb-a", &[], b"").await;
     assert_eq!(code(&no_action), (400, "MissingAction"));
     let big = vec![b'a'; 2 << 20];
     let form = [(
         "content-type".to_string(),
         "application/x-www-form-urlencoded".to_string(),
     )];
-    let too_big = http(
+    let too_big = http_json(
         api.admin,
         "POST /?Action=DescribeLoadBalancerListeners",
         &form,
@@ -741,7 +713,7 @@ async fn bad_input_gives_400_with_its_code_and_changes_nothing() {
     )
     .await;
     assert_eq!(code(&too_big), (400, "InvalidParameter"));
-    let bad_encoding = http(
+    let bad_encoding = http_json(
         api.admin,
         "POST /?Action=DescribeLoadBalancerListeners&Description=%zz",
         &[],
@@ -749,7 +721,7 @@ async fn bad_input_gives_400_with_its_code_and_changes_nothing() {
     )
     .await;
     assert_eq!(code(&bad_encoding), (400, "InvalidParameter"));
-    let elsewhere = http(
+    let elsewhere = http_json(
         api.admin,
         "POST /v2/?Action=DescribeLoadBalancerListeners",
         &[],
@@ -766,7 +738,7 @@ async fn bad_input_gives_400_with_its_code_and_changes_nothing() {
 
     // Form-body parameters work as query ones do.
     let body = b"LoadBalancerId=lb-a&ListenerPort=80";
-    let described = http(
+    let described = http_json(
         api.admin,
         "POST /?Action=DescribeLoadBalancerTCPListenerAttribute",
         &form,

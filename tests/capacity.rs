@@ -63,17 +63,6 @@ fn python_echo() -> (Daemon, u16) {
     (python, line.trim().parse().unwrap())
 }
 
-/// Waits until `cond` holds, checking every 50 ms for up to `secs`.
-async fn wait_secs(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    for _ in 0..secs * 20 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_held_and_their_memory_given_back() {
     let n: usize = std::env::var("EDGELB_IDLE_CONNECTIONS")
@@ -178,17 +167,21 @@ async fn hold_and_close(
         clients.extend(open_batch(batch, addr).await);
     }
     let opened_in = started.elapsed();
-    wait_secs("edgelb to hold every connection", 30, || {
-        fd_count(pid) >= base_fds + 2 * n
-    })
+    wait_within(
+        "edgelb to hold every connection",
+        Duration::from_secs(30),
+        || fd_count(pid) >= base_fds + 2 * n,
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let held_rss = rss_kib(pid);
     let held_fds = fd_count(pid);
     drop(clients);
-    wait_secs("edgelb's descriptors back to the baseline", 60, || {
-        fd_count(pid) <= base_fds
-    })
+    wait_within(
+        "edgelb's descriptors back to the baseline",
+        Duration::from_secs(60),
+        || fd_count(pid) <= base_fds,
+    )
     .await;
     // The trimmer looks every 2 s; give it a few looks to return the heap.
     let goal = base_rss + held_rss.saturating_sub(base_rss) / 4;

@@ -259,15 +259,7 @@ async fn ipv6_listeners_and_backends_work() {
         eprintln!("no IPv6 loopback on this machine");
         return;
     };
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
+    let addr = serve_on(listener, echo).addr;
     let text = config_text(&[("b6", addr, 100)], "", "")
         .replace("address = \"127.0.0.1\"", "address = \"::1\"");
     let lb = start_lb(&text);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use support::daemon::Daemon;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 /// A backend that reports the first `n` bytes of every connection.
@@ -28,17 +28,6 @@ async fn recording_backend(n: usize) -> (Backend, mpsc::UnboundedReceiver<Vec<u8
     })
     .await;
     (backend, rx)
-}
-
-async fn connect_from(lb: SocketAddr, source: IpAddr) -> TcpStream {
-    let socket = if source.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .unwrap();
-    socket.bind(SocketAddr::new(source, 0)).unwrap();
-    socket.connect(lb).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,7 +57,7 @@ async fn on_sends_a_v2_header_with_the_client_and_the_address_it_reached() {
         "eip_transmit = \"on\"",
     ));
     let lb_addr = lb.addr("lb", 80);
-    let mut c = connect_from(lb_addr, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 7))).await;
+    let mut c = connect_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 7)), lb_addr).await;
     let client = c.local_addr().unwrap();
     c.write_all(b"hello").await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(20), rx.recv())
@@ -160,25 +149,13 @@ async fn wait_port(addr: SocketAddr) {
     panic!("{addr} never listened");
 }
 
-/// GET / through edgelb from `source`; returns the body.
+/// GET / through edgelb from `source`; returns the body (trimmed) and the client's
+/// port.
 async fn get_through(lb: SocketAddr, source: Ipv4Addr) -> (String, u16) {
-    let mut c = connect_from(lb, IpAddr::V4(source)).await;
+    let mut c = connect_from(IpAddr::V4(source), lb).await;
     let port = c.local_addr().unwrap().port();
-    c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut reply = String::new();
-    tokio::time::timeout(Duration::from_secs(20), c.read_to_string(&mut reply))
-        .await
-        .unwrap()
-        .unwrap();
-    let body = reply
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    (body, port)
+    let (_, _, body) = exchange(&mut c, "GET /", &[], b"").await;
+    (body.trim().to_string(), port)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,12 +42,8 @@ async fn wait_health(lb: &Lb, i: usize, want: Health) {
 
 /// Writes `name`, then echoes: a backend that can stop and start listening on its port.
 async fn accept_named(listener: TcpListener, name: &'static str) {
-    while let Ok((mut stream, _)) = listener.accept().await {
-        tokio::spawn(async move {
-            let _ = stream.write_all(name.as_bytes()).await;
-            let (mut r, mut w) = stream.split();
-            let _ = tokio::io::copy(&mut r, &mut w).await;
-        });
+    while let Ok((stream, _)) = listener.accept().await {
+        tokio::spawn(named_echo(name, stream));
     }
 }
 

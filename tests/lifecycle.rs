@@ -14,23 +14,12 @@ fn lb_file(backend: SocketAddr, port: u16, global: &str) -> String {
         .replace("listener_port = 80", &format!("listener_port = {port}"))
 }
 
-fn echo_thread_backend() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut s = stream;
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
+/// The echo backend, on a runtime of its own that serves it while these tests
+/// (plain `#[test]`s driving the binary) block; it stops when the runtime drops.
+fn background_echo() -> (tokio::runtime::Runtime, SocketAddr) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr = rt.block_on(echo_backend()).addr;
+    (rt, addr)
 }
 
 fn echo_once(stream: &mut TcpStream, bytes: &[u8]) {
@@ -42,7 +31,7 @@ fn echo_once(stream: &mut TcpStream, bytes: &[u8]) {
 
 #[test]
 fn sigterm_drains_open_connections_and_refuses_new_ones() {
-    let backend = echo_thread_backend();
+    let (_rt, backend) = background_echo();
     let port = free_port();
     let mut proc = Edgelb::start(
         &lb_file(backend, port, "drain_timeout = 30"),
@@ -71,7 +60,7 @@ fn sigterm_drains_open_connections_and_refuses_new_ones() {
 
 #[test]
 fn drain_timeout_closes_what_is_left_and_exits_0() {
-    let backend = echo_thread_backend();
+    let (_rt, backend) = background_echo();
     let port = free_port();
     let mut proc = Edgelb::start(
         &lb_file(backend, port, "drain_timeout = 1"),
@@ -143,12 +132,7 @@ fn demo_shows_the_rotation_over_three_backends() {
         .unwrap();
     let mut seen = Vec::new();
     for _ in 0..3 {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut reply = String::new();
-        s.read_to_string(&mut reply).unwrap();
+        let (_, _, reply) = http_get_blocking(addr, "/");
         let body = reply.lines().last().unwrap_or("").to_string();
         seen.push(body);
     }

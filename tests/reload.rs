@@ -8,19 +8,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream as StdStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::process::{Edgelb, Options};
 use support::*;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-async fn echo(stream: &mut TcpStream, bytes: &[u8]) {
-    stream.write_all(bytes).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(20), read_n(stream, bytes.len()))
-        .await
-        .unwrap();
-    assert_eq!(got, bytes);
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_lived_connection_survives_a_change_of_scheduler_and_timeout() {
@@ -32,7 +23,7 @@ async fn a_long_lived_connection_survives_a_change_of_scheduler_and_timeout() {
     ));
     let addr = lb.addr("lb", 80);
     let mut open = TcpStream::connect(addr).await.unwrap();
-    echo(&mut open, b"before").await;
+    round_trip(&mut open, b"before").await;
     let changed = parse(&config_text(
         &[("b1", backend.addr, 50)],
         "",
@@ -40,12 +31,12 @@ async fn a_long_lived_connection_survives_a_change_of_scheduler_and_timeout() {
     ));
     lb.server.apply(&changed).unwrap();
     assert_eq!(lb.addr("lb", 80), addr, "the listener kept its socket");
-    echo(&mut open, b"after").await;
+    round_trip(&mut open, b"after").await;
     let view = lb.server.listeners()[0].view.load_full();
     assert_eq!(view.listener.spec.scheduler, edgelb::config::Scheduler::Wlc);
     assert_eq!(view.listener.established_timeout, Duration::from_secs(10));
     let mut fresh = TcpStream::connect(addr).await.unwrap();
-    echo(&mut fresh, b"new").await;
+    round_trip(&mut fresh, b"new").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,7 +46,7 @@ async fn a_removed_listeners_open_connection_keeps_flowing() {
     let lb = start_lb(&text);
     let addr = lb.addr("lb", 80);
     let mut open = TcpStream::connect(addr).await.unwrap();
-    echo(&mut open, b"x").await;
+    round_trip(&mut open, b"x").await;
     let without: String = text.split("[[listeners]]").next().unwrap().to_string();
     lb.server.apply(&parse(&without)).unwrap();
     assert!(lb.server.local_addrs().is_empty());
@@ -63,12 +54,12 @@ async fn a_removed_listeners_open_connection_keeps_flowing() {
         std::net::TcpStream::connect(addr).is_err()
     })
     .await;
-    echo(&mut open, b"still flowing").await;
+    round_trip(&mut open, b"still flowing").await;
     // And a stopped listener likewise.
     lb.server.apply(&parse(&text)).unwrap();
     let addr = lb.addr("lb", 80);
     let mut second = TcpStream::connect(addr).await.unwrap();
-    echo(&mut second, b"y").await;
+    round_trip(&mut second, b"y").await;
     lb.server
         .apply(&parse(&format!("{text}status = \"stopped\"\n")))
         .unwrap();
@@ -76,7 +67,7 @@ async fn a_removed_listeners_open_connection_keeps_flowing() {
         std::net::TcpStream::connect(addr).is_err()
     })
     .await;
-    echo(&mut second, b"still flowing").await;
+    round_trip(&mut second, b"still flowing").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,40 +117,23 @@ async fn a_reload_that_cannot_bind_changes_nothing() {
     assert!(lb.server.apply(&parse(&bad)).is_err());
     assert_eq!(lb.server.local_addrs().len(), 1);
     let mut c = TcpStream::connect(addr).await.unwrap();
-    echo(&mut c, b"ok").await;
+    round_trip(&mut c, b"ok").await;
 }
 
 // ---- the binary, driven by SIGHUP ----
 
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = StdStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
+/// How long the binary may take to notice a SIGHUP and reload.
+const RELOAD_WITHIN: Duration = Duration::from_secs(20);
 
-/// The value of `edgelb_config_reloads_total{result=...}`.
+/// The value of `edgelb_config_reloads_total{result=...}` (blocking: a condition
+/// for [`wait_within`]).
 fn reloads(admin: SocketAddr, result: &str) -> u64 {
-    let metrics = http_get(admin, "/metrics");
+    let (_, _, metrics) = http_get_blocking(admin, "/metrics");
     let needle = format!("edgelb_config_reloads_total{{result=\"{result}\"}} ");
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(&needle))
         .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn file_with(
@@ -238,10 +212,14 @@ async fn twenty_sighup_reloads_under_traffic_refuse_or_reset_nothing() {
         std::fs::write(&proc.config, &variants[i as usize % variants.len()]).unwrap();
         let before = ok.load(Ordering::SeqCst);
         proc.signal(libc::SIGHUP);
-        wait_for("the reload", || reloads(admin, "success") == i);
-        wait_for("traffic after the reload", || {
+        wait_within("the reload", RELOAD_WITHIN, || {
+            reloads(admin, "success") == i
+        })
+        .await;
+        wait_within("traffic after the reload", RELOAD_WITHIN, || {
             ok.load(Ordering::SeqCst) > before + 5
-        });
+        })
+        .await;
     }
     stop.store(true, Ordering::SeqCst);
     let errors = client.join().unwrap();
@@ -274,7 +252,10 @@ async fn an_invalid_reload_changes_nothing_and_is_counted() {
     )
     .unwrap();
     proc.signal(libc::SIGHUP);
-    wait_for("the failed reload", || reloads(admin, "failure") == 1);
+    wait_within("the failed reload", RELOAD_WITHIN, || {
+        reloads(admin, "failure") == 1
+    })
+    .await;
     // Everything still serves: the open connection and new ones.
     open.write_all(b"abc").unwrap();
     let mut got = [0u8; 3];

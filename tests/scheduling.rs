@@ -9,17 +9,12 @@ use edgelb::scheduler::{Candidate, FlowKey, Selector};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 use support::*;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 /// Connects from `source` (port chosen by the kernel); returns the stream and the
 /// name the backend announced.
-async fn connect_from(lb: SocketAddr, source: Ipv4Addr) -> (TcpStream, String) {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(IpAddr::V4(source), 0)).unwrap();
-    let mut stream = tokio::time::timeout(Duration::from_secs(20), socket.connect(lb))
-        .await
-        .unwrap()
-        .unwrap();
+async fn reach_from(lb: SocketAddr, source: Ipv4Addr) -> (TcpStream, String) {
+    let mut stream = connect_from(IpAddr::V4(source), lb).await;
     let name = read_n(&mut stream, 2).await;
     (stream, String::from_utf8(name).unwrap())
 }
@@ -54,7 +49,7 @@ async fn wrr_gives_the_smooth_sequence() {
     let addr = lb.addr("lb", 80);
     let mut seen = Vec::new();
     for _ in 0..14 {
-        seen.push(connect_from(addr, source(0)).await.1);
+        seen.push(reach_from(addr, source(0)).await.1);
     }
     let cycle = ["b1", "b1", "b2", "b1", "b3", "b1", "b1"];
     let want: Vec<&str> = cycle.iter().chain(cycle.iter()).copied().collect();
@@ -68,7 +63,7 @@ async fn rr_rotates_in_configuration_order_and_weight_0_is_never_picked() {
     let addr = lb.addr("lb", 80);
     let mut seen = Vec::new();
     for _ in 0..6 {
-        seen.push(connect_from(addr, source(0)).await.1);
+        seen.push(reach_from(addr, source(0)).await.1);
     }
     assert_eq!(seen, ["b1", "b3", "b1", "b3", "b1", "b3"]);
     assert_eq!(backends[1].accepted(), 0);
@@ -82,7 +77,7 @@ async fn wlc_sends_new_connections_to_the_least_loaded() {
     // Hold connections open: they alternate, as loads stay equal or one behind.
     let mut held = Vec::new();
     for _ in 0..4 {
-        held.push(connect_from(addr, source(0)).await);
+        held.push(reach_from(addr, source(0)).await);
     }
     let mut names: Vec<&str> = held.iter().map(|(_, n)| n.as_str()).collect();
     names.sort_unstable();
@@ -98,7 +93,7 @@ async fn wlc_sends_new_connections_to_the_least_loaded() {
     })
     .await;
     for _ in 0..2 {
-        let (s, name) = connect_from(addr, source(0)).await;
+        let (s, name) = reach_from(addr, source(0)).await;
         assert_eq!(name, "b1");
         held.push((s, name));
     }
@@ -119,11 +114,11 @@ async fn sch_keeps_each_client_ip_on_one_backend_and_matches_the_pure_map() {
     let other_node = Selector::build(Scheduler::Sch, candidates, "edgelb");
     let mut used = std::collections::HashSet::new();
     for i in 0..30 {
-        let (s, first) = connect_from(addr, source(i)).await;
+        let (s, first) = reach_from(addr, source(i)).await;
         drop(s);
         for _ in 0..3 {
             assert_eq!(
-                connect_from(addr, source(i)).await.1,
+                reach_from(addr, source(i)).await.1,
                 first,
                 "client {}",
                 source(i)
@@ -160,7 +155,7 @@ async fn tch_hashes_the_four_tuple() {
     let other_node = Selector::build(Scheduler::Tch, candidates, "edgelb");
     let mut used = std::collections::HashSet::new();
     for _ in 0..30 {
-        let (s, name) = connect_from(addr, source(0)).await;
+        let (s, name) = reach_from(addr, source(0)).await;
         let flow = FlowKey {
             client: s.local_addr().unwrap(),
             local: addr,
@@ -188,9 +183,9 @@ async fn persistence_pins_a_client_ip_over_rr() {
     let addr = lb.addr("lb", 80);
     let mut firsts = Vec::new();
     for i in 0..3 {
-        let first = connect_from(addr, source(i)).await.1;
+        let first = reach_from(addr, source(i)).await.1;
         for _ in 0..4 {
-            assert_eq!(connect_from(addr, source(i)).await.1, first);
+            assert_eq!(reach_from(addr, source(i)).await.1, first);
         }
         firsts.push(first);
     }
@@ -212,20 +207,20 @@ async fn persistence_entries_expire_after_the_last_use_on_the_paused_clock() {
     ));
     let addr = lb.addr("lb", 80);
     let runtime = lb.server.listeners()[0].clone();
-    let (held, first) = connect_from(addr, source(0)).await;
+    let (held, first) = reach_from(addr, source(0)).await;
     assert_eq!(first, "b1");
     // Open for longer than the timeout: the entry stays.
     tokio::time::sleep(Duration::from_secs(100)).await;
-    assert_eq!(connect_from(addr, source(0)).await.1, "b1");
+    assert_eq!(reach_from(addr, source(0)).await.1, "b1");
     assert_eq!(runtime.persistence.len(), 1);
     drop(held);
     // 20 s after the last close: still pinned.
     tokio::time::sleep(Duration::from_secs(20)).await;
-    assert_eq!(connect_from(addr, source(0)).await.1, "b1");
+    assert_eq!(reach_from(addr, source(0)).await.1, "b1");
     // 31 s after that last use: expired and purged; rr moves on.
     tokio::time::sleep(Duration::from_secs(31)).await;
     wait_until("the purge", || runtime.persistence.is_empty()).await;
-    assert_eq!(connect_from(addr, source(0)).await.1, "b2");
+    assert_eq!(reach_from(addr, source(0)).await.1, "b2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,7 +238,7 @@ async fn persistence_moves_a_client_when_its_backend_is_refused() {
     // Every client ends on b1, also those the scheduler first sent to "dead".
     for i in 0..4 {
         for _ in 0..2 {
-            assert_eq!(connect_from(addr, source(i)).await.1, "b1");
+            assert_eq!(reach_from(addr, source(i)).await.1, "b1");
         }
     }
 }

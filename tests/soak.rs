@@ -88,12 +88,6 @@ fn listen(addr: SocketAddr) -> std::net::TcpListener {
     s.into()
 }
 
-async fn echo(mut s: TcpStream) {
-    let (mut r, mut w) = s.split();
-    let _ = tokio::io::copy(&mut r, &mut w).await;
-    let _ = w.shutdown().await;
-}
-
 impl Flapper {
     /// Starts listening; when `flap` is set, alternates up and down periods of
     /// 2..6 s until `stop`.

@@ -37,12 +37,7 @@ fn addr(server: &Server) -> SocketAddr {
 }
 
 async fn echo_round_trip(addr: SocketAddr, message: Vec<u8>) {
-    let mut client = TcpStream::connect(addr).await.unwrap();
-    client.write_all(&message).await.unwrap();
-    client.shutdown().await.unwrap();
-    let mut back = Vec::new();
-    client.read_to_end(&mut back).await.unwrap();
-    assert_eq!(back, message);
+    assert_eq!(echo_through(addr, &message).await, message);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,8 +20,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// `config_text` with the load balancer named `id`.
 pub fn config_for(id: &str, backends: &[(&str, SocketAddr, u32)], extra: &str) -> String {
@@ -51,39 +49,6 @@ pub async fn lb_with_admin(text: &str) -> (Lb, SocketAddr, Process) {
     (lb, admin, process)
 }
 
-/// `GET path`: (status, content type, body).
-pub async fn get(admin: SocketAddr, path: &str) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(admin).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: edgelb\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await.unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
-    let status = head[9..12].parse().unwrap();
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type: ")
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    (status, content_type, body.to_string())
-}
-
-/// Sends `payload`, half-closes, reads the echo to EOF.
-async fn echo_through(addr: SocketAddr, payload: &[u8]) {
-    let mut client = TcpStream::connect(addr).await.unwrap();
-    let (mut r, mut w) = client.split();
-    let send = async {
-        w.write_all(payload).await.unwrap();
-        w.shutdown().await.unwrap();
-    };
-    let mut echoed = Vec::with_capacity(payload.len());
-    let ((), n) = tokio::join!(send, r.read_to_end(&mut echoed));
-    assert_eq!(n.unwrap(), payload.len());
-}
-
 /// Connections to proxy and bytes each way per connection: more than one byte batch
 /// (256 KiB) so both the batch flush and the flush at close are counted.
 const N: usize = 4;
@@ -96,7 +61,8 @@ async fn metrics_count_connections_and_bytes_exactly_and_parse_strictly() {
         lb_with_admin(&config_for("lb-count", &[("b1", backend.addr, 100)], "")).await;
     let payload = random_bytes(B, 3);
     for _ in 0..N {
-        echo_through(lb.addr("lb-count", 80), &payload).await;
+        let echoed = echo_through(lb.addr("lb-count", 80), &payload).await;
+        assert_eq!(echoed.len(), payload.len());
     }
     let rt = lb.server.listeners()[0].clone();
     // Counts are final when the connection task ends (the last batch is added then).
@@ -105,7 +71,7 @@ async fn metrics_count_connections_and_bytes_exactly_and_parse_strictly() {
     })
     .await;
 
-    let (status, content_type, text) = get(admin, "/metrics").await;
+    let (status, content_type, text) = http_get(admin, "/metrics").await;
     assert_eq!(status, 200);
     assert!(
         content_type.starts_with("text/plain; version=0.0.4"),
@@ -133,7 +99,7 @@ async fn metrics_count_connections_and_bytes_exactly_and_parse_strictly() {
     assert_eq!(m.value("edgelb_backend_connect_failures_total", &b), 0.0);
 
     // /status reads the same counts from the runtimes.
-    let (_, _, json) = get(admin, "/status").await;
+    let (_, _, json) = http_get(admin, "/status").await;
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
     let listener = &json["listeners"][0];
     assert_eq!(listener["connections_total"], N);
@@ -153,7 +119,7 @@ async fn every_spec_metric_is_exported_from_the_start_with_its_labels() {
         &health_frozen().await,
     ))
     .await;
-    let (_, _, text) = get(admin, "/metrics").await;
+    let (_, _, text) = http_get(admin, "/metrics").await;
     let m = exposition::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let l = [("load_balancer_id", "lb-fresh"), ("listener_port", "80")];
     let b = [l[0], l[1], ("server_id", "b1")];
@@ -229,15 +195,19 @@ async fn every_spec_metric_is_exported_from_the_start_with_its_labels() {
 async fn healthz_is_503_until_every_running_listener_is_bound() {
     let state = Arc::new(AdminState::new(None));
     let admin = start_admin(state.clone()).await;
-    assert_eq!(get(admin, "/healthz").await.0, 503);
-    let (status, _, page) = get(admin, "/").await;
+    assert_eq!(http_get(admin, "/healthz").await.0, 503);
+    let (status, _, page) = http_get(admin, "/").await;
     assert_eq!(status, 200);
     assert!(page.contains("not ready"), "{page}");
     assert_eq!(
-        get(admin, "/status").await.2,
+        http_get(admin, "/status").await.2,
         r#"{"listeners":[],"ready":false}"#
     );
-    assert_eq!(get(admin, "/metrics").await.0, 503, "no recorder given");
+    assert_eq!(
+        http_get(admin, "/metrics").await.0,
+        503,
+        "no recorder given"
+    );
 
     // A running and a stopped listener: ready once the running one is bound.
     let backend = echo_backend().await;
@@ -246,16 +216,16 @@ async fn healthz_is_503_until_every_running_listener_is_bound() {
     let lb = start_lb(&text);
     state.set_server(lb.server.clone());
     assert_eq!(
-        get(admin, "/healthz").await.0,
+        http_get(admin, "/healthz").await.0,
         503,
         "server set, not yet started"
     );
     state.ready.store(true, Ordering::Release);
-    let (status, _, body) = get(admin, "/healthz").await;
+    let (status, _, body) = http_get(admin, "/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
     // A drain clears the flag.
     state.ready.store(false, Ordering::Release);
-    assert_eq!(get(admin, "/healthz").await.0, 503);
+    assert_eq!(http_get(admin, "/healthz").await.0, 503);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,7 +253,7 @@ async fn status_json_has_listeners_backends_health_and_counts() {
         rt.metrics.persistence_entries.get() == 7
     })
     .await;
-    let (status, content_type, body) = get(admin, "/status").await;
+    let (status, content_type, body) = http_get(admin, "/status").await;
     assert_eq!((status, content_type.as_str()), (200, "application/json"));
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["ready"], true);
@@ -323,6 +293,7 @@ async fn status_json_has_listeners_backends_health_and_counts() {
         }
     }
     rt.backend_states()[1].set_health(edgelb::state::Health::Unhealthy);
-    let json: serde_json::Value = serde_json::from_str(&get(admin, "/status").await.2).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&http_get(admin, "/status").await.2).unwrap();
     assert_eq!(json["listeners"][0]["backends"][1]["health"], "unhealthy");
 }

@@ -1,6 +1,6 @@
 //! The status page as a person sees it: rendered by headless Chromium.
 
-use crate::{config_for, echo_through, lb_with_admin};
+use crate::{config_for, lb_with_admin};
 use edgelb::state::Health;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -101,7 +101,8 @@ async fn the_status_page_shows_listeners_and_backend_health_in_a_browser() {
     let states = rt.backend_states();
     states[0].set_health(Health::Healthy);
     states[1].set_health(Health::Unhealthy);
-    echo_through(lb.addr("lb-page", 80), &[7u8; 1000]).await;
+    let echoed = echo_through(lb.addr("lb-page", 80), &[7u8; 1000]).await;
+    assert_eq!(echoed.len(), 1000);
     wait_until("connection closed", || {
         rt.active.load(Ordering::Relaxed) == 0
     })

@@ -1,8 +1,16 @@
 //! Test harness: the real listener on 127.0.0.1:0 and small loopback backends.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+mod client;
 pub mod daemon;
+mod http;
 pub mod process;
+
+// Each test binary uses some of the helpers.
+#[allow(unused_imports)]
+pub use client::*;
+#[allow(unused_imports)]
+pub use http::*;
 
 use edgelb::config::Config;
 use edgelb::listener::Binder;
@@ -12,7 +20,7 @@ use edgelb::workers::Workers;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// A running edgelb with its listeners bound to ephemeral ports.
@@ -79,25 +87,28 @@ impl Backend {
     }
 }
 
-/// Echoes every byte back; passes a FIN on after echoing everything.
+/// The echo backend's connection: every byte back, then a FIN once the client's
+/// has come and everything is echoed.
+pub async fn echo(mut stream: TcpStream) {
+    let (mut r, mut w) = stream.split();
+    let _ = tokio::io::copy(&mut r, &mut w).await;
+    let _ = w.shutdown().await;
+}
+
+/// Writes `name` (so the client knows which backend it reached), then echoes.
+pub async fn named_echo(name: &'static str, mut stream: TcpStream) {
+    let _ = stream.write_all(name.as_bytes()).await;
+    echo(stream).await;
+}
+
+/// Echoes every connection on a fresh loopback port.
 pub async fn echo_backend() -> Backend {
-    serve(|mut stream| async move {
-        let (mut r, mut w) = stream.split();
-        let _ = tokio::io::copy(&mut r, &mut w).await;
-        let _ = w.shutdown().await;
-    })
-    .await
+    serve(echo).await
 }
 
 /// Writes `name` on every connection, then echoes.
 pub async fn named_backend(name: &'static str) -> Backend {
-    serve(move |mut stream| async move {
-        let _ = stream.write_all(name.as_bytes()).await;
-        let (mut r, mut w) = stream.split();
-        let _ = tokio::io::copy(&mut r, &mut w).await;
-        let _ = w.shutdown().await;
-    })
-    .await
+    serve(move |stream| named_echo(name, stream)).await
 }
 
 /// A listener on a fresh loopback port with a backlog of 4096. `TcpListener::bind`
@@ -118,7 +129,15 @@ where
     F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let listener = loopback_listener();
+    serve_on(loopback_listener(), handler)
+}
+
+/// Runs `handler` for every connection `listener` accepts.
+pub fn serve_on<F, Fut>(listener: TcpListener, handler: F) -> Backend
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = accepted.clone();
@@ -166,20 +185,6 @@ pub fn free_port() -> u16 {
     refused_addr().port()
 }
 
-/// Reads until EOF.
-pub async fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    stream.read_to_end(&mut out).await.unwrap();
-    out
-}
-
-/// Reads exactly `n` bytes.
-pub async fn read_n(stream: &mut TcpStream, n: usize) -> Vec<u8> {
-    let mut out = vec![0; n];
-    stream.read_exact(&mut out).await.unwrap();
-    out
-}
-
 /// Deterministic pseudo-random bytes.
 pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
@@ -194,12 +199,20 @@ pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
 }
 
 /// Polls `cond` until it holds (readiness, not a fixed sleep); panics after 10 s.
-pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+pub async fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    wait_within(what, std::time::Duration::from_secs(10), cond).await;
+}
+
+/// Polls `cond` until it holds; panics after `limit`. It looks 1000 times, `limit /
+/// 1000` apart (10 ms for the usual 10 s), so that a long wait on something slow to
+/// read (the descriptors of a process holding thousands of connections) does not
+/// spend the CPU the test is measuring.
+pub async fn wait_within(what: &str, limit: std::time::Duration, mut cond: impl FnMut() -> bool) {
     for _ in 0..1000 {
         if cond() {
             return;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        tokio::time::sleep(limit / 1000).await;
     }
     panic!("timed out waiting for {what}");
 }
