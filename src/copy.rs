@@ -87,8 +87,9 @@ impl Drop for Tally<'_> {
     }
 }
 
-/// Copies both ways until both sides are done, a side fails, nothing moves for
-/// `idle`, or the drain time runs out.
+/// Copies both ways until both sides are done, a side fails, or nothing moves for
+/// `idle`. Nothing else ends a connection: a drain leaves open ones to the process's
+/// exit (README, "Drain and open connections").
 pub async fn copy_both_ways(
     client: TcpStream,
     backend: TcpStream,
@@ -160,7 +161,10 @@ async fn pump(
         };
         activity.touch();
         if let Some(rest) = rest {
-            write_all(to, &rest).await?;
+            write_all(to, rest.len(), |left| {
+                to.try_write(&rest[rest.len() - left..])
+            })
+            .await?;
             activity.touch();
         }
         tally.add(moved);
@@ -180,9 +184,9 @@ thread_local! {
     /// run without an await in between, so one buffer per thread serves every
     /// connection: only bytes the destination cannot take at once are copied into a
     /// buffer of the connection's own, until they are written. Idle connections, and
-    /// busy ones whose peers keep up, hold none.
-    static SCRATCH: std::cell::RefCell<Vec<u8>> =
-        std::cell::RefCell::new(Vec::with_capacity(BUFFER_SIZE));
+    /// busy ones whose peers keep up, hold none. Zeroed once per thread, so a read
+    /// fills initialised bytes (no `unsafe`, no cost per read).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; BUFFER_SIZE]);
 }
 
 enum Relay {
@@ -200,24 +204,26 @@ enum Relay {
 }
 
 /// One read from `from` and as much of it written to `to` as it takes now.
-fn relay(from: &TcpStream, to: &TcpStream, scratch: &mut Vec<u8>) -> Relay {
-    let drained = match read_burst(from, scratch) {
+fn relay(from: &TcpStream, to: &TcpStream, scratch: &mut [u8]) -> Relay {
+    use std::io::Read as _;
+    let socket = socket2::SockRef::from(from);
+    let max = scratch.len();
+    let (n, drained) = match read_burst(from, max, || (&*socket).read(scratch)) {
         Read::Eof => return Relay::Eof,
         Read::Nothing => return Relay::Nothing,
         Read::Failed(e) => return Relay::Failed(e),
-        Read::Data { drained } => drained,
+        Read::Data { n, drained } => (n, drained),
     };
-    let n = scratch.len();
     let mut written = 0;
     while written < n {
-        match to.try_write(&scratch[written..]) {
+        match to.try_write(&scratch[written..n]) {
             Ok(0) => return Relay::Failed(io::ErrorKind::WriteZero.into()),
             Ok(m) => written += m,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) => return Relay::Failed(e),
         }
     }
-    let rest = (written < n).then(|| scratch[written..].to_vec());
+    let rest = (written < n).then(|| scratch[written..n].to_vec());
     Relay::Moved { n, drained, rest }
 }
 
@@ -230,28 +236,35 @@ async fn splice_pump(
     activity: &Activity,
     tally: &mut Tally<'_>,
 ) -> io::Result<()> {
-    use crate::splice::{drain, fill, Filled};
+    use crate::splice::CHUNK;
     loop {
         std::future::poll_fn(|cx| from.poll_read_ready(cx)).await?;
-        match fill(from, pipe)? {
-            Filled::Eof => {
+        match read_burst(from, CHUNK, || pipe.fill_from(from)) {
+            Read::Eof => {
                 return pass_fin(to, activity);
             }
-            Filled::Bytes { n, .. } => {
+            Read::Data { n, .. } => {
                 activity.touch();
-                drain(pipe, to, n).await?;
+                // All of it, so the pipe is empty for the next fill.
+                write_all(to, n, |left| {
+                    to.try_io(tokio::io::Interest::WRITABLE, || pipe.drain_into(to, left))
+                })
+                .await?;
                 activity.touch();
                 tally.add(n);
             }
-            Filled::Nothing => {}
+            Read::Nothing => {}
+            Read::Failed(e) => return Err(e),
         }
     }
 }
 
+/// What one read from a socket gave.
 enum Read {
     Eof,
-    /// Bytes are in the buffer; `drained` when the socket very likely has no more.
+    /// `n` bytes were read; `drained` when the socket very likely has no more.
     Data {
+        n: usize,
         drained: bool,
     },
     /// Spurious readiness.
@@ -259,40 +272,46 @@ enum Read {
     Failed(io::Error),
 }
 
-/// One read into `chunk` (cleared first). A read shorter than the buffer means the
-/// socket is very likely drained: it is reported to tokio as `WouldBlock` (the bytes
-/// kept) so the readiness is cleared and the next read waits for the next edge
-/// instead of costing a syscall that returns `EAGAIN`. A FIN already seen stays
-/// flagged by tokio (closed readiness is never cleared), so no EOF is missed.
-fn read_burst(from: &TcpStream, chunk: &mut Vec<u8>) -> Read {
-    chunk.clear();
+/// One read from `from` by `read` (`recv` into a buffer, `splice` into a pipe),
+/// which asks for `max` bytes. A read shorter than that means the socket is very
+/// likely drained: it is reported to tokio as `WouldBlock` (the bytes kept) so the
+/// readiness is cleared and the next read waits for the next edge instead of
+/// costing a syscall that returns `EAGAIN`. A FIN already seen stays flagged by
+/// tokio (closed readiness is never cleared), so no EOF is missed.
+fn read_burst(from: &TcpStream, max: usize, mut read: impl FnMut() -> io::Result<usize>) -> Read {
     let mut got = 0;
     let result = from.try_io(tokio::io::Interest::READABLE, || {
-        let spare = chunk.spare_capacity_mut();
-        let n = socket2::SockRef::from(from).recv(spare)?;
+        let n = read()?;
         got = n;
-        if n > 0 && n < spare.len() {
+        if n > 0 && n < max {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         Ok(n)
     });
-    // SAFETY: recv initialised the first `got` bytes of the spare capacity.
-    unsafe { chunk.set_len(got) };
     match result {
         Ok(0) => Read::Eof,
-        Ok(_) => Read::Data { drained: false },
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Read::Data { drained: true },
+        Ok(n) => Read::Data { n, drained: false },
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Read::Data {
+            n: got,
+            drained: true,
+        },
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Read::Nothing,
         Err(e) => Read::Failed(e),
     }
 }
 
-/// Writes all of `bytes`, waiting for the socket only when its buffer is full.
-async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        match to.try_write(bytes) {
+/// Writes `len` bytes to `to` with `try_write` (`send` from a buffer, `splice` from
+/// a pipe), given how many are left each time; waits for `to` only when that
+/// returns `WouldBlock`, its buffer full.
+async fn write_all(
+    to: &TcpStream,
+    mut len: usize,
+    mut try_write: impl FnMut(usize) -> io::Result<usize>,
+) -> io::Result<()> {
+    while len > 0 {
+        match try_write(len) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
+            Ok(n) => len -= n.min(len),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 std::future::poll_fn(|cx| to.poll_write_ready(cx)).await?;
             }

@@ -6,9 +6,7 @@
 //! pipe's set-up would cost more than the copy it saves.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use tokio::io::Interest;
-use tokio::net::TcpStream;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// Whether bulk transfers use splice: yes, unless `EDGELB_NO_SPLICE` is set in the
 /// environment (to compare, or to work around a kernel that misbehaves).
@@ -40,6 +38,19 @@ impl Pipe {
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         Some(Pipe { read, write })
     }
+
+    /// One splice of what `from` has, up to [`CHUNK`], into the pipe (empty: the
+    /// copy drains it before filling it again). The readiness around it is the
+    /// copy's (`copy::read_burst`).
+    pub fn fill_from(&self, from: &impl AsFd) -> io::Result<usize> {
+        splice(from.as_fd().as_raw_fd(), self.write.as_raw_fd(), CHUNK)
+    }
+
+    /// One splice of up to `len` bytes of the pipe into `to` (its readiness is the
+    /// copy's, `copy::write_all`).
+    pub fn drain_into(&self, to: &impl AsFd, len: usize) -> io::Result<usize> {
+        splice(self.read.as_raw_fd(), to.as_fd().as_raw_fd(), len)
+    }
 }
 
 fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
@@ -56,57 +67,4 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
         )
     };
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
-}
-
-/// What one splice into the pipe gave.
-pub enum Filled {
-    Eof,
-    /// `n` bytes are in the pipe; `drained` when the socket very likely has no more.
-    Bytes {
-        n: usize,
-        drained: bool,
-    },
-    /// Spurious readiness.
-    Nothing,
-}
-
-/// Splices what `from` has (up to [`CHUNK`]) into the empty `pipe`. A short splice
-/// clears tokio's readiness (as the copy path does), saving an `EAGAIN` round.
-pub fn fill(from: &TcpStream, pipe: &Pipe) -> io::Result<Filled> {
-    let mut got = 0;
-    let result = from.try_io(Interest::READABLE, || {
-        let n = splice(from.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)?;
-        got = n;
-        if n > 0 && n < CHUNK {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        Ok(n)
-    });
-    match result {
-        Ok(0) => Ok(Filled::Eof),
-        Ok(n) => Ok(Filled::Bytes { n, drained: false }),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(Filled::Bytes {
-            n: got,
-            drained: true,
-        }),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Filled::Nothing),
-        Err(e) => Err(e),
-    }
-}
-
-/// Splices all `n` bytes of the pipe into `to`, waiting when its buffer is full.
-pub async fn drain(pipe: &Pipe, to: &TcpStream, mut n: usize) -> io::Result<()> {
-    while n > 0 {
-        match to.try_io(Interest::WRITABLE, || {
-            splice(pipe.read.as_raw_fd(), to.as_raw_fd(), n)
-        }) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(m) => n -= m.min(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::future::poll_fn(|cx| to.poll_write_ready(cx)).await?;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
