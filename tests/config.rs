@@ -153,6 +153,27 @@ const RANGES: &[(&str, &str, i64, i64, &str)] = &[
         10_000_000,
         "InvalidMaxConnections",
     ),
+    (
+        "admin",
+        "request_header_timeout",
+        1,
+        300,
+        "InvalidRequestHeaderTimeout",
+    ),
+    (
+        "admin",
+        "request_body_timeout",
+        1,
+        300,
+        "InvalidRequestBodyTimeout",
+    ),
+    (
+        "admin",
+        "max_connections",
+        1,
+        65_536,
+        "InvalidAdminMaxConnections",
+    ),
 ];
 
 #[test]
@@ -576,6 +597,18 @@ fn admin_rules() {
     );
     let disabled = file("", "").replace("address = \"127.0.0.1:0\"", "address = \"\"");
     assert_eq!(valid(&disabled).admin.address, None);
+    let admin = valid(&no_admin).admin;
+    assert_eq!(admin.request_header_timeout, Duration::from_secs(10));
+    assert_eq!(admin.request_body_timeout, Duration::from_secs(10));
+    assert_eq!(admin.max_connections, 256);
+    let set = valid(&file(
+        "admin",
+        "request_header_timeout = 2\nrequest_body_timeout = 3\nmax_connections = 8",
+    ))
+    .admin;
+    assert_eq!(set.request_header_timeout, Duration::from_secs(2));
+    assert_eq!(set.request_body_timeout, Duration::from_secs(3));
+    assert_eq!(set.max_connections, 8);
     let open = file("", "").replace("address = \"127.0.0.1:0\"", "address = \"0.0.0.0:9900\"");
     assert_eq!(errors(&open), [("InvalidAddress".to_string(), 4, 11)]);
     let key = "[[admin.access_keys]]\naccess_key_id = \"k\"\naccess_key_secret = \"s\"\nactions = [\"ens:Describe*\"]";

@@ -34,6 +34,13 @@ pub mod defaults {
     pub const PERSISTENCE_MAX_ENTRIES: i64 = 262_144;
     pub const MAX_CONNECTIONS: i64 = 0;
     pub const ADMIN_ADDRESS: &str = "127.0.0.1:9900";
+    /// Seconds a client has for a request head, counted from the connection (or
+    /// the end of the previous response, the keep-alive wait) to the head's end.
+    pub const ADMIN_REQUEST_HEADER_TIMEOUT: i64 = 10;
+    /// Seconds a client has to send a control-API call's body.
+    pub const ADMIN_REQUEST_BODY_TIMEOUT: i64 = 10;
+    /// Admin connections open at once.
+    pub const ADMIN_MAX_CONNECTIONS: i64 = 256;
     pub const LB_ADDRESS: &str = "0.0.0.0";
     pub const WEIGHT: i64 = 100;
     pub const SCHEDULER: super::Scheduler = super::Scheduler::Wrr;
@@ -70,6 +77,12 @@ pub struct Admin {
     /// `None` when disabled (`address = ""`).
     pub address: Option<SocketAddr>,
     pub access_keys: Vec<AccessKey>,
+    /// Bounds the request head and the keep-alive wait before it.
+    pub request_header_timeout: Duration,
+    /// Bounds the read of a control-API call's body.
+    pub request_body_timeout: Duration,
+    /// Admin connections open at once; past it new ones are closed at once.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]

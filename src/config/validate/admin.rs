@@ -1,4 +1,5 @@
-//! The `[admin]` section: the control API's address and its `[[admin.access_keys]]`.
+//! The `[admin]` section: the control API's address, the admin server's time limits
+//! and connection cap, and its `[[admin.access_keys]]`.
 
 use super::cross_checks::check_unique;
 use super::{p, tables};
@@ -7,10 +8,17 @@ use crate::config::fields::{Fields, Param, Reader, TomlFields};
 use crate::config::{defaults, rules, AccessKey, Admin};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 use toml_edit::{Item, Table};
 
 const ADMIN_ADDRESS: Param = p("address", "Address");
 const ACCESS_KEYS: Param = p("access_keys", "AccessKeys");
+const REQUEST_HEADER_TIMEOUT: Param = p("request_header_timeout", "RequestHeaderTimeout");
+const REQUEST_BODY_TIMEOUT: Param = p("request_body_timeout", "RequestBodyTimeout");
+/// Its own API name: the same key in `[global]` is the data path's `MaxConnections`.
+const MAX_CONNECTIONS: Param = p("max_connections", "AdminMaxConnections");
+/// Seconds, for both time limits.
+const TIMEOUTS: std::ops::RangeInclusive<i64> = 1..=300;
 
 pub(super) fn admin(
     table: &Table,
@@ -24,6 +32,21 @@ pub(super) fn admin(
         None => Some(parse_admin_address_value(defaults::ADMIN_ADDRESS)),
         Some(s) => Some(parse_admin_address_value(&s)),
     };
+    let header_timeout = r.int_or(
+        &REQUEST_HEADER_TIMEOUT,
+        TIMEOUTS,
+        defaults::ADMIN_REQUEST_HEADER_TIMEOUT,
+    );
+    let body_timeout = r.int_or(
+        &REQUEST_BODY_TIMEOUT,
+        TIMEOUTS,
+        defaults::ADMIN_REQUEST_BODY_TIMEOUT,
+    );
+    let max_connections = r.int_or(
+        &MAX_CONNECTIONS,
+        1..=65_536,
+        defaults::ADMIN_MAX_CONNECTIONS,
+    );
     r.field(&ACCESS_KEYS);
     r.finish();
     let key_tables = tables(table, "access_keys", ACCESS_KEYS.api, errors);
@@ -46,6 +69,9 @@ pub(super) fn admin(
     Some(Admin {
         address,
         access_keys: keys.into_iter().map(|(k, _)| k).collect(),
+        request_header_timeout: Duration::from_secs(u64::try_from(header_timeout?).ok()?),
+        request_body_timeout: Duration::from_secs(u64::try_from(body_timeout?).ok()?),
+        max_connections: usize::try_from(max_connections?).ok()?,
     })
 }
 
