@@ -1,12 +1,13 @@
 //! The admin server (hyper): `/metrics`, `/healthz`, `/status` and the status page.
 
+mod conn;
 mod page;
 mod status;
 
+pub use conn::{serve, AdminLimits};
 pub use page::status_page;
 pub use status::status_json;
 
-use crate::accept::{self, AcceptBackoff};
 use crate::metrics as m;
 use crate::server::Server;
 use http_body_util::Full;
@@ -16,8 +17,6 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// How often histograms and other recorder state are tidied.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
@@ -107,40 +106,16 @@ impl AdminState {
     }
 }
 
-/// Serves the admin endpoints on `listener` until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
-    let mut backoff = AcceptBackoff::default();
-    let stopped = stop.cancelled();
-    tokio::pin!(stopped);
-    while let Some((stream, _)) = accept::next(
-        &listener,
-        &mut backoff,
-        stopped.as_mut(),
-        accept::Owner::Admin,
-    )
-    .await
-    {
-        let state = state.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(dispatch(req, &state).await) }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await
-            {
-                tracing::debug!(error = %e, "admin connection ended with an error");
-            }
-        });
-    }
-}
-
 /// Control-API calls go to [`crate::api`]; the GET pages to [`route`].
-async fn dispatch(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+async fn dispatch(
+    req: Request<Incoming>,
+    state: &AdminState,
+    body_timeout: Duration,
+) -> Response<Full<Bytes>> {
     match state.control.get() {
-        Some(control) if crate::api::is_api_request(&req) => crate::api::handle(req, control).await,
+        Some(control) if crate::api::is_api_request(&req) => {
+            crate::api::handle(req, control, body_timeout).await
+        }
         _ => route(req, state),
     }
 }

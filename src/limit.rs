@@ -1,5 +1,5 @@
-//! The process-wide cap on open client connections (`max_connections`) and the
-//! permit each admitted connection holds.
+//! Caps on open connections and the permit each admitted connection holds: the
+//! data path's process-wide `max_connections`, and the admin server's own budget.
 
 use crate::warn_every::WarnEvery;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 /// At most one "limit reached" warning per this many seconds.
 const WARN_EVERY_SECS: u64 = 5;
-/// Descriptors a derived cap leaves to the admin server, HTTP probes and logs.
+/// Descriptors a derived cap leaves to the listening sockets, HTTP probes, logs and
+/// the process's own files (the admin connections have their own share).
 const RESERVED_FDS: u64 = 128;
 
 /// The cap and the count of open connections; a reload may change the cap.
@@ -70,20 +71,31 @@ impl ConnectionLimit {
     }
 }
 
+/// What a derived cap sets aside before sharing the rest among proxied connections.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAside {
+    /// TCP probe sockets, one per checked target, kept open between probes.
+    pub probe_sockets: usize,
+    /// `[admin] max_connections` (0 without an admin server): one descriptor each.
+    pub admin_connections: usize,
+}
+
 /// `max_connections = 0`: two descriptors per proxied connection, from what is left
-/// once `kept` descriptors (TCP probe sockets, one per checked target) and some for
-/// the admin server, HTTP probes and logs are set aside.
-pub fn derived_max_connections(kept: usize) -> usize {
+/// of the open-file limit once `aside` and a reserve of [`RESERVED_FDS`] are set
+/// aside, so neither the admin server at its cap nor the probes can take the
+/// descriptors the listeners' connections need.
+pub fn derived_max_connections(aside: SetAside) -> usize {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit only writes the struct we pass.
     let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
-    max_connections_for(if ok { limit.rlim_cur } else { 1024 }, kept)
+    max_connections_for(if ok { limit.rlim_cur } else { 1024 }, aside)
 }
 
-fn max_connections_for(fds: u64, kept: usize) -> usize {
+fn max_connections_for(fds: u64, aside: SetAside) -> usize {
+    let kept = aside.probe_sockets.saturating_add(aside.admin_connections);
     let kept = u64::try_from(kept).unwrap_or(u64::MAX);
     usize::try_from(fds.saturating_sub(RESERVED_FDS).saturating_sub(kept) / 2)
         .unwrap_or(usize::MAX)
@@ -94,13 +106,37 @@ fn max_connections_for(fds: u64, kept: usize) -> usize {
 mod tests {
     use super::*;
 
+    fn aside(probe_sockets: usize, admin_connections: usize) -> SetAside {
+        SetAside {
+            probe_sockets,
+            admin_connections,
+        }
+    }
+
     #[test]
     fn derived_limit_leaves_room_for_kept_probe_sockets() {
-        assert_eq!(max_connections_for(1024, 0), 448);
-        assert_eq!(max_connections_for(1024, 200), 348);
-        assert_eq!(max_connections_for(1_048_576, 2_000), 523_224);
+        assert_eq!(max_connections_for(1024, aside(0, 0)), 448);
+        assert_eq!(max_connections_for(1024, aside(200, 0)), 348);
+        assert_eq!(max_connections_for(1_048_576, aside(2_000, 0)), 523_224);
         // Never zero, whatever is set aside.
-        assert_eq!(max_connections_for(1024, 5_000), 1);
-        assert_eq!(max_connections_for(0, 0), 1);
+        assert_eq!(max_connections_for(1024, aside(5_000, 0)), 1);
+        assert_eq!(max_connections_for(0, aside(0, 0)), 1);
+    }
+
+    #[test]
+    fn derived_limit_sets_aside_the_admin_cap_the_probes_and_the_reserve() {
+        // (1024 - 128 reserve - 256 admin) / 2.
+        assert_eq!(max_connections_for(1024, aside(0, 256)), 320);
+        // (1024 - 128 - 256 - 100 probes) / 2.
+        assert_eq!(max_connections_for(1024, aside(100, 256)), 270);
+        // At the cap, the admin server, the probes and the proxied connections
+        // together stay below the limit by the reserve.
+        let fds = 4096;
+        let (probes, admin) = (300, 256);
+        let data = max_connections_for(fds, aside(probes, admin));
+        assert_eq!(2 * data + probes + admin + 128, 4096);
+        // An admin cap above the limit leaves the data path its floor of one.
+        assert_eq!(max_connections_for(1024, aside(0, 65_536)), 1);
+        assert_eq!(max_connections_for(64, aside(usize::MAX, usize::MAX)), 1);
     }
 }

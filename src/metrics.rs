@@ -23,6 +23,7 @@ pub const PERSISTENCE_ENTRIES: &str = "edgelb_persistence_entries";
 pub const CONNECTION_DURATION_SECONDS: &str = "edgelb_connection_duration_seconds";
 pub const BACKEND_CONNECT_SECONDS: &str = "edgelb_backend_connect_seconds";
 pub const CONFIG_RELOADS_TOTAL: &str = "edgelb_config_reloads_total";
+pub const ADMIN_REJECTED_CONNECTIONS_TOTAL: &str = "edgelb_admin_rejected_connections_total";
 
 /// Every metric name above, for tests and tools (the Grafana dashboard test).
 pub const ALL: &[&str] = &[
@@ -42,6 +43,7 @@ pub const ALL: &[&str] = &[
     CONNECTION_DURATION_SECONDS,
     BACKEND_CONNECT_SECONDS,
     CONFIG_RELOADS_TOTAL,
+    ADMIN_REJECTED_CONNECTIONS_TOTAL,
 ];
 
 /// Histogram buckets of connection lifetimes, in seconds.
@@ -107,10 +109,15 @@ pub fn describe() {
         "Time to connect to a backend"
     );
     describe_counter!(CONFIG_RELOADS_TOTAL, "Listener file reloads, by result");
+    describe_counter!(
+        ADMIN_REJECTED_CONNECTIONS_TOTAL,
+        "Admin connections closed at once because [admin] max_connections were open"
+    );
     // Process-wide series exist from the start, so a dashboard shows 0, not "no data".
     for result in ["success", "failure"] {
         counter!(CONFIG_RELOADS_TOTAL, "result" => result).absolute(0);
     }
+    counter!(ADMIN_REJECTED_CONNECTIONS_TOTAL).absolute(0);
 }
 
 /// A Prometheus counter with a total the process can read back (the status page),
@@ -259,6 +266,11 @@ impl BackendMetrics {
 pub fn config_reload(success: bool) {
     let result = if success { "success" } else { "failure" };
     counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(1);
+}
+
+/// An admin connection closed at once: the admin cap was reached.
+pub fn admin_connection_rejected() {
+    counter!(ADMIN_REJECTED_CONNECTIONS_TOTAL).increment(1);
 }
 
 /// A gauge and a readable count raised for as long as this value lives (active

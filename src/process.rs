@@ -107,7 +107,13 @@ impl Process {
                     .map_err(|source| StartError::AdminBind { address, source })?;
                 let bound = socket.local_addr().unwrap_or(address);
                 tracing::info!(address = %bound, "admin server listening");
-                tokio::spawn(admin::serve(socket, admin.clone(), stop_admin.clone()));
+                let limits = admin::AdminLimits::from(&config.admin);
+                tokio::spawn(admin::serve(
+                    socket,
+                    admin.clone(),
+                    limits,
+                    stop_admin.clone(),
+                ));
                 Some(bound)
             }
             None => None,

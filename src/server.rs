@@ -252,10 +252,17 @@ fn stop_accepting(key: &ListenerKey, entry: &mut Entry) {
 }
 
 /// The connection cap `config` asks for: `max_connections`, or one derived from the
-/// open-file limit when that is 0.
+/// open-file limit when that is 0, after the probe sockets and the admin server's
+/// own cap are set aside.
 fn max_connections(config: &Config) -> usize {
     match config.global.max_connections {
-        0 => limit::derived_max_connections(health::kept_sockets(config)),
+        0 => limit::derived_max_connections(limit::SetAside {
+            probe_sockets: health::kept_sockets(config),
+            admin_connections: config
+                .admin
+                .address
+                .map_or(0, |_| config.admin.max_connections),
+        }),
         n => n,
     }
 }

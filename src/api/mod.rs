@@ -40,7 +40,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use params::Params;
 use std::sync::{Mutex, PoisonError};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1 << 20;
@@ -61,10 +61,14 @@ pub fn is_api_request<B>(req: &Request<B>) -> bool {
     !(get && page && !has_action)
 }
 
-/// Serves one control-API call.
-pub async fn handle(req: Request<Incoming>, control: &Control) -> Response<Full<Bytes>> {
+/// Serves one control-API call; its body must arrive within `body_timeout`.
+pub async fn handle(
+    req: Request<Incoming>,
+    control: &Control,
+    body_timeout: Duration,
+) -> Response<Full<Bytes>> {
     let request_id = request_id();
-    let (status, mut body) = match call(req, control).await {
+    let (status, mut body) = match call(req, control, body_timeout).await {
         Ok(body) => (StatusCode::OK, body),
         Err(e) => {
             tracing::info!(code = %e.code, message = %e.message, "control API call refused");
@@ -83,10 +87,21 @@ pub async fn handle(req: Request<Incoming>, control: &Control) -> Response<Full<
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json;charset=utf-8"),
     );
+    if status == StatusCode::REQUEST_TIMEOUT {
+        // The rest of the body may still come: the connection cannot carry another call.
+        response.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+    }
     response
 }
 
-async fn call(req: Request<Incoming>, control: &Control) -> Result<serde_json::Value, ApiError> {
+async fn call(
+    req: Request<Incoming>,
+    control: &Control,
+    body_timeout: Duration,
+) -> Result<serde_json::Value, ApiError> {
     if req.uri().path() != "/" {
         return Err(ApiError {
             status: StatusCode::NOT_FOUND,
@@ -95,12 +110,23 @@ async fn call(req: Request<Incoming>, control: &Control) -> Result<serde_json::V
         });
     }
     let (parts, body) = req.into_parts();
-    let body = Limited::new(body, MAX_BODY).collect().await.map_err(|e| {
-        ApiError::bad(
-            "InvalidParameter",
-            format!("cannot read the body (at most {MAX_BODY} bytes): {e}"),
-        )
-    })?;
+    let read = tokio::time::timeout(body_timeout, Limited::new(body, MAX_BODY).collect());
+    let body = read
+        .await
+        .map_err(|_| ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            code: "RequestTimeout".into(),
+            message: format!(
+                "the body did not arrive within {} s ([admin] request_body_timeout)",
+                body_timeout.as_secs()
+            ),
+        })?
+        .map_err(|e| {
+            ApiError::bad(
+                "InvalidParameter",
+                format!("cannot read the body (at most {MAX_BODY} bytes): {e}"),
+            )
+        })?;
     let body = body.to_bytes();
     let query: Params = params::parse_form(parts.uri.query().unwrap_or(""))?
         .into_iter()

@@ -33,6 +33,7 @@ pub async fn start_admin(state: Arc<AdminState>) -> SocketAddr {
     tokio::spawn(admin::serve(
         socket,
         state,
+        admin::AdminLimits::default(),
         tokio_util::sync::CancellationToken::new(),
     ));
     addr
