@@ -1,0 +1,303 @@
+//! Hostile clients against the real binary under a low open-file limit (issue 19):
+//! thousands of partial requests and idle connections on the admin address, then
+//! silent clients on a listener. The data path keeps serving every client, the
+//! admin server keeps answering, the header timeout closes what the attacker
+//! holds, and descriptors and memory return to their baseline.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use support::process::{fd_count, raise_nofile, rss_kib, Edgelb, Options};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// edgelb's open-file limit in these tests.
+const NOFILE: u64 = 1024;
+/// Connections the attacker opens to the admin address.
+const ATTACKERS: usize = 3000;
+/// `[admin] request_header_timeout` in these tests, in seconds.
+const HEADER_TIMEOUT: u64 = 2;
+/// `[admin] max_connections` (the default).
+const ADMIN_CAP: usize = 256;
+/// New data-path connections tried during and after an attack.
+const PROBES: usize = 100;
+/// How long an admin answer may take.
+const ANSWER_WITHIN: Duration = Duration::from_secs(1);
+
+/// The binary under `RLIMIT_NOFILE = NOFILE` with `global`, one listener to
+/// `backend` and an admin server with a short header timeout; returned once
+/// `/healthz` says ready. Also returns the listener's and the admin's addresses.
+async fn start(backend: SocketAddr, global: &str) -> (Edgelb, SocketAddr, SocketAddr) {
+    raise_nofile();
+    let port = free_port();
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let text = config_text(&[("b1", backend, 100)], global, "")
+        .replace(
+            "address = \"\"",
+            &format!("address = \"{admin}\"\nrequest_header_timeout = {HEADER_TIMEOUT}"),
+        )
+        .replace("listener_port = 80", &format!("listener_port = {port}"));
+    let mut lb = Edgelb::start(
+        &text,
+        Options {
+            nofile: Some(NOFILE),
+            ..Options::default()
+        },
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    lb.wait_listening(addr);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fresh_get(admin, "/healthz").await.map(|(s, _)| s) != Some(200) {
+        assert!(Instant::now() < deadline, "never ready:\n{}", lb.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (lb, addr, admin)
+}
+
+/// One `GET` on a new connection (`Connection: close`): the status and body, or
+/// `None` when the connection was closed without an answer.
+async fn fresh_get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(admin).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: edgelb\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.ok()?;
+    let raw = String::from_utf8(raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    Some((head.get(9..12)?.parse().ok()?, body.to_string()))
+}
+
+/// One `GET` on a kept-alive connection: the status and body.
+async fn keepalive_get(s: &mut TcpStream, path: &str) -> (u16, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: edgelb\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    let head_end = loop {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the admin server closed a kept-alive connection");
+        raw.extend_from_slice(&buf[..n]);
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .expect("a content-length");
+    while raw.len() < head_end + length {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the admin server closed mid-body");
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let body = String::from_utf8_lossy(&raw[head_end..head_end + length]).to_string();
+    (head[9..12].parse().unwrap(), body)
+}
+
+/// `/healthz` and `/metrics` on `s`, each within [`ANSWER_WITHIN`]; the metrics.
+async fn admin_answers(s: &mut TcpStream) -> String {
+    for path in ["/healthz", "/metrics"] {
+        let t = Instant::now();
+        let (status, body) = tokio::time::timeout(ANSWER_WITHIN, keepalive_get(s, path))
+            .await
+            .unwrap_or_else(|_| panic!("{path} took more than {ANSWER_WITHIN:?}"));
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(t.elapsed() < ANSWER_WITHIN);
+        if path == "/metrics" {
+            return body;
+        }
+    }
+    unreachable!()
+}
+
+/// `PROBES` new connections through the listener, each echoing a byte; how many did.
+async fn data_path_successes(addr: SocketAddr) -> usize {
+    let mut ok = 0;
+    for i in 0..PROBES {
+        let Ok(mut c) = TcpStream::connect(addr).await else {
+            continue;
+        };
+        let byte = [b'a' + (i % 26) as u8];
+        let echoed = async {
+            c.write_all(&byte).await?;
+            let mut got = [0u8; 1];
+            c.read_exact(&mut got).await?;
+            Ok::<_, std::io::Error>(got == byte)
+        };
+        if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(2), echoed).await {
+            ok += 1;
+        }
+    }
+    ok
+}
+
+/// A metric's value in a Prometheus text body (the first series of that name).
+fn metric(body: &str, name: &str) -> f64 {
+    body.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from:\n{body}"))
+}
+
+/// Waits until `s`, opened at `opened`, is closed by the peer (EOF or reset):
+/// when it opened and when it closed; `None` if it is still open after `within`.
+async fn closed_after(
+    mut s: TcpStream,
+    opened: Instant,
+    within: Duration,
+) -> Option<(Instant, Instant)> {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some((opened, Instant::now())),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// The most of `spans` open at once.
+fn most_at_once(spans: &[(Instant, Instant)]) -> usize {
+    let mut edges: Vec<(Instant, i32)> = spans
+        .iter()
+        .flat_map(|&(open, close)| [(open, 1), (close, -1)])
+        .collect();
+    // A close before an open at the same instant.
+    edges.sort();
+    let mut open = 0i32;
+    let mut most = 0;
+    for (_, step) in edges {
+        open += step;
+        most = most.max(open);
+    }
+    usize::try_from(most).unwrap_or(0)
+}
+
+/// Steady state of edgelb: descriptors and resident memory.
+fn usage(lb: &Edgelb) -> (usize, u64) {
+    (fd_count(lb.pid()), rss_kib(lb.pid()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_requests_and_idle_connections_on_the_admin_address_starve_nothing() {
+    let backend = echo_backend().await;
+    // max_connections = 0: the data path's share is what the admin cap, the probe
+    // socket and the reserve leave.
+    let (mut lb, addr, admin) = start(backend.addr, "max_connections = 0").await;
+    // Warm up both paths, so lazily built state is in the baseline.
+    assert_eq!(data_path_successes(addr).await, PROBES);
+    let mut monitor = TcpStream::connect(admin).await.unwrap();
+    admin_answers(&mut monitor).await;
+    let mut monitor = Some(monitor);
+    let (base_fds, base_rss) = usage(&lb);
+
+    // The attack: every other connection sends half a request head, the rest
+    // nothing; then silence. Once the admin cap is surely taken, while the attack
+    // goes on: the data path serves every new client, and the monitoring
+    // connection (kept alive, so it keeps its slot) gets its answers within a
+    // second; a fresh admin connection finds the cap taken.
+    let start = Instant::now();
+    let mut attack = Vec::with_capacity(ATTACKERS);
+    let mut during = None;
+    for i in 0..ATTACKERS {
+        if i == 2 * ADMIN_CAP {
+            let mut monitor = monitor.take().unwrap();
+            during = Some(tokio::spawn(async move {
+                let served = data_path_successes(addr).await;
+                admin_answers(&mut monitor).await;
+                let fresh = fresh_get(admin, "/healthz").await.map(|(s, _)| s);
+                (served, fresh, monitor)
+            }));
+        }
+        let Ok(mut s) = TcpStream::connect(admin).await else {
+            continue;
+        };
+        if i % 2 == 0 {
+            let _ = s.write_all(b"GET / HTTP/1.1\r\n").await;
+        }
+        // Watched from now on: how long edgelb kept it open.
+        let within = Duration::from_secs(HEADER_TIMEOUT + 8);
+        attack.push(tokio::spawn(closed_after(s, Instant::now(), within)));
+    }
+    let opened_in = start.elapsed();
+    let (during, fresh_during, mut monitor) = during.unwrap().await.unwrap();
+    let during_took = start.elapsed();
+    assert_eq!(during, PROBES, "data path during the attack");
+
+    // Every attacker connection is closed: past the cap at once, the ones held by
+    // the header timeout.
+    // Every attacker connection is closed: past the cap at once, the ones held by
+    // the header timeout; never more than the cap held at once.
+    let mut held = Vec::new();
+    for close in attack {
+        let (opened, closed) = close
+            .await
+            .unwrap()
+            .expect("an attacker connection was never closed");
+        if closed - opened >= Duration::from_millis(HEADER_TIMEOUT * 1000 / 2) {
+            held.push((opened, closed));
+        }
+    }
+    let at_once = most_at_once(&held);
+    let longest = held.iter().map(|&(o, c)| c - o).max().unwrap_or_default();
+    let shortest = held.iter().map(|&(o, c)| c - o).min().unwrap_or_default();
+    assert!(
+        at_once > 0 && at_once <= ADMIN_CAP,
+        "{at_once} attacker connections held at once (cap {ADMIN_CAP})"
+    );
+    assert!(
+        longest <= Duration::from_secs(HEADER_TIMEOUT + 2),
+        "an attacker connection was held for {longest:?}"
+    );
+
+    // After: fresh connections everywhere, answers within a second.
+    let after = data_path_successes(addr).await;
+    assert_eq!(after, PROBES, "data path after the attack");
+    let t = Instant::now();
+    let (status, body) = fresh_get(admin, "/metrics").await.expect("an answer");
+    assert!(status == 200 && t.elapsed() < ANSWER_WITHIN);
+    let rejected = metric(&body, "edgelb_admin_rejected_connections_total");
+    assert!(
+        rejected >= (ATTACKERS - held.len()) as f64,
+        "{rejected} admin connections counted as rejected"
+    );
+    admin_answers(&mut monitor).await;
+    let log = lb.log_text();
+    assert!(!log.contains("Too many open files"), "{log}");
+    // At most one warning per 5 s (whole seconds: one more at a boundary).
+    let warnings = log.matches("admin connection limit reached").count() as u64;
+    let limit = start.elapsed().as_secs() / 5 + 2;
+    assert!(
+        (1..=limit).contains(&warnings),
+        "{warnings} cap warnings in {:?}:\n{log}",
+        start.elapsed()
+    );
+    let pid = lb.pid();
+    wait_until("edgelb's descriptors back to the baseline", || {
+        fd_count(pid) <= base_fds
+    })
+    .await;
+    // Memory: the admin connections' buffers are freed; allow the allocator 8 MiB.
+    let rss_after = rss_kib(pid);
+    assert!(
+        rss_after <= base_rss + 8 * 1024,
+        "RSS {base_rss} KiB -> {rss_after} KiB"
+    );
+    println!(
+        "admin flood: {ATTACKERS} connections (half partial heads) opened in {opened_in:?}; held by edgelb: {} in all, {at_once} at once (cap {ADMIN_CAP}), rejected at once: {rejected}; data path {during}/{PROBES} during, {after}/{PROBES} after; fresh /healthz during the attack: {fresh_during:?} (checks done {during_took:?} in); held connections closed {shortest:?}..{longest:?} after they opened (header timeout {HEADER_TIMEOUT} s); fds {base_fds} -> {}; RSS {base_rss} -> {rss_after} KiB",
+        held.len(),
+        fd_count(pid),
+    );
+    assert!(lb.is_running());
+}
