@@ -120,6 +120,16 @@ async fn admin_answers(s: &mut TcpStream) -> String {
     unreachable!()
 }
 
+/// `/healthz` and `/metrics`, each on a new connection, each within [`ANSWER_WITHIN`].
+async fn fresh_answers(admin: SocketAddr) {
+    for path in ["/healthz", "/metrics"] {
+        let t = Instant::now();
+        let got = tokio::time::timeout(ANSWER_WITHIN, fresh_get(admin, path)).await;
+        let status = got.ok().flatten().map(|(s, _)| s);
+        assert_eq!(status, Some(200), "{path} after {:?}", t.elapsed());
+    }
+}
+
 /// `PROBES` new connections through the listener, each echoing a byte; how many did.
 async fn data_path_successes(addr: SocketAddr) -> usize {
     let mut ok = 0;
@@ -272,7 +282,7 @@ async fn partial_requests_and_idle_connections_on_the_admin_address_starve_nothi
         rejected >= (ATTACKERS - held.len()) as f64,
         "{rejected} admin connections counted as rejected"
     );
-    admin_answers(&mut monitor).await;
+    fresh_answers(admin).await;
     let log = lb.log_text();
     assert!(!log.contains("Too many open files"), "{log}");
     // At most one warning per 5 s (whole seconds: one more at a boundary).
@@ -294,10 +304,125 @@ async fn partial_requests_and_idle_connections_on_the_admin_address_starve_nothi
         rss_after <= base_rss + 8 * 1024,
         "RSS {base_rss} KiB -> {rss_after} KiB"
     );
+    // A kept-alive connection idle after its answer is closed by the same bound:
+    // the header timeout also bounds the wait for the next request.
+    drop(monitor);
+    let mut idle = TcpStream::connect(admin).await.unwrap();
+    admin_answers(&mut idle).await;
+    let idle_since = Instant::now();
+    let within = Duration::from_secs(HEADER_TIMEOUT + 3);
+    let (_, idle_closed) = closed_after(idle, idle_since, within)
+        .await
+        .expect("an idle keep-alive connection was never closed");
+    let idle_for = idle_closed - idle_since;
+    assert!(
+        idle_for >= Duration::from_millis(HEADER_TIMEOUT * 1000 - 100)
+            && idle_for <= Duration::from_secs(HEADER_TIMEOUT + 1),
+        "an idle keep-alive connection closed after {idle_for:?}"
+    );
     println!(
-        "admin flood: {ATTACKERS} connections (half partial heads) opened in {opened_in:?}; held by edgelb: {} in all, {at_once} at once (cap {ADMIN_CAP}), rejected at once: {rejected}; data path {during}/{PROBES} during, {after}/{PROBES} after; fresh /healthz during the attack: {fresh_during:?} (checks done {during_took:?} in); held connections closed {shortest:?}..{longest:?} after they opened (header timeout {HEADER_TIMEOUT} s); fds {base_fds} -> {}; RSS {base_rss} -> {rss_after} KiB",
+        "admin flood: {ATTACKERS} connections (half partial heads) opened in {opened_in:?}; held by edgelb: {} in all, {at_once} at once (cap {ADMIN_CAP}), rejected at once: {rejected}; data path {during}/{PROBES} during, {after}/{PROBES} after; fresh /healthz during the attack: {fresh_during:?} (checks done {during_took:?} in); held connections closed {shortest:?}..{longest:?} after they opened (header timeout {HEADER_TIMEOUT} s); fds {base_fds} -> {}; RSS {base_rss} -> {rss_after} KiB; an idle keep-alive connection closed after {idle_for:?}",
         held.len(),
         fd_count(pid),
+    );
+    assert!(lb.is_running());
+}
+
+/// The derived data-path cap edgelb logged at start.
+fn logged_cap(lb: &Edgelb) -> usize {
+    let log = lb.log_text();
+    log.lines()
+        .filter(|l| l.contains("connection limit"))
+        .find_map(|l| {
+            l.split("max_connections=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no connection limit logged:\n{log}"))
+}
+
+/// Opens `n` connections to `addr` that send nothing; each watched for a close.
+async fn silent_clients(
+    addr: SocketAddr,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Option<(Instant, Instant)>>> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = TcpStream::connect(addr).await.unwrap();
+        out.push(tokio::spawn(closed_after(
+            s,
+            Instant::now(),
+            Duration::from_secs(3),
+        )));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_on_a_listener_are_proxied_or_refused_as_max_connections_says() {
+    let backend = echo_backend().await;
+    let (mut lb, addr, admin) = start(backend.addr, "max_connections = 0").await;
+    let cap = logged_cap(&lb);
+    // NOFILE less the reserve (128), the admin cap and the one TCP probe socket.
+    assert_eq!(cap, (NOFILE as usize - 128 - ADMIN_CAP - 1) / 2);
+    assert_eq!(data_path_successes(addr).await, PROBES);
+    fresh_answers(admin).await;
+    let (base_fds, _) = usage(&lb);
+
+    // Fewer silent clients than the cap: all proxied, and other clients through.
+    let below = cap - 20;
+    let accepted = backend.accepted();
+    let quiet = silent_clients(addr, below).await;
+    wait_until("the silent clients proxied", || {
+        backend.accepted() >= accepted + below
+    })
+    .await;
+    assert_eq!(data_path_successes(addr).await, PROBES, "other clients");
+    fresh_answers(admin).await;
+
+    // Past the cap: the rest are closed at once; the admin server, whose
+    // descriptors were set aside, still answers fresh connections within a second.
+    let more = silent_clients(addr, 2 * cap).await;
+    let t = Instant::now();
+    let (status, body) = fresh_get(admin, "/metrics").await.expect("an answer");
+    assert!(status == 200 && t.elapsed() < ANSWER_WITHIN, "{status}");
+    fresh_answers(admin).await;
+    let mut proxied = 0;
+    let mut refused = 0;
+    for close in quiet.into_iter().chain(more) {
+        match close.await.unwrap() {
+            None => proxied += 1,
+            Some(_) => refused += 1,
+        }
+    }
+    assert_eq!(proxied, cap, "silent clients held open");
+    assert_eq!(refused, below + 2 * cap - cap, "silent clients refused");
+    let rejected: f64 = body
+        .lines()
+        .filter(|l| {
+            l.starts_with("edgelb_rejected_connections_total") && l.contains("max_connections")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        rejected > 0.0,
+        "no max_connections rejection counted:\n{body}"
+    );
+    let log = lb.log_text();
+    assert!(!log.contains("Too many open files"), "{log}");
+
+    // The silent clients gone (their watchers dropped them): everyone served again.
+    wait_until("the proxied connections closed", || {
+        fd_count(lb.pid()) <= base_fds
+    })
+    .await;
+    assert_eq!(data_path_successes(addr).await, PROBES, "after");
+    fresh_answers(admin).await;
+    println!(
+        "silent listener clients: derived max_connections {cap} (RLIMIT_NOFILE {NOFILE}); {proxied} proxied, {refused} refused at once; other clients {PROBES}/{PROBES}; admin answered within {ANSWER_WITHIN:?}"
     );
     assert!(lb.is_running());
 }
