@@ -241,7 +241,7 @@ async fn partial_requests_and_idle_connections_on_the_admin_address_starve_nothi
         attack.push(tokio::spawn(closed_after(s, Instant::now(), within)));
     }
     let opened_in = start.elapsed();
-    let (during, fresh_during, mut monitor) = during.unwrap().await.unwrap();
+    let (during, fresh_during, monitor) = during.unwrap().await.unwrap();
     let during_took = start.elapsed();
     assert_eq!(during, PROBES, "data path during the attack");
 
