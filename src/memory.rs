@@ -20,8 +20,17 @@ const TRIM_AFTER_CLOSED: usize = 1000;
 
 /// Watches `limit`'s open count until the runtime ends.
 pub fn spawn_trimmer(limit: Arc<ConnectionLimit>) {
+    spawn_trimmer_after(limit, TRIM_AFTER_CLOSED);
+}
+
+/// [`spawn_trimmer`] with its own threshold: a fall of `closed` connections (the
+/// admin server, whose cap is far below [`TRIM_AFTER_CLOSED`]).
+pub fn spawn_trimmer_after(limit: Arc<ConnectionLimit>, closed: usize) {
     tokio::spawn(async move {
-        let mut watch = Watch::default();
+        let mut watch = Watch {
+            trim_after: closed,
+            ..Watch::default()
+        };
         let mut tick = tokio::time::interval(CHECK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -36,14 +45,27 @@ pub fn spawn_trimmer(limit: Arc<ConnectionLimit>) {
 }
 
 /// When to trim, from one look at the open count every [`CHECK_EVERY`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Watch {
+    /// The fall in open connections that triggers a trim.
+    trim_after: usize,
     /// The most open at once since the last trim.
     peak: usize,
     /// The open count at the last look.
     last: usize,
     /// A crowd is leaving: the last look trimmed, and connections still close.
     leaving: bool,
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Watch {
+            trim_after: TRIM_AFTER_CLOSED,
+            peak: 0,
+            last: 0,
+            leaving: false,
+        }
+    }
 }
 
 impl Watch {
@@ -57,7 +79,7 @@ impl Watch {
         let closed = self.peak - open.min(self.peak);
         let still_leaving = self.leaving && open < self.last;
         self.last = open;
-        if closed >= TRIM_AFTER_CLOSED || still_leaving {
+        if closed >= self.trim_after || still_leaving {
             self.leaving = true;
             self.peak = open;
             Some(closed)
@@ -104,6 +126,18 @@ mod tests {
         assert_eq!(w.look(0, 0), None);
         assert_eq!(w.look(10, 10), None);
         assert_eq!(w.look(5, 10), None);
+    }
+
+    #[test]
+    fn a_lower_threshold_trims_after_a_smaller_crowd() {
+        let mut w = Watch {
+            trim_after: 128,
+            ..Watch::default()
+        };
+        assert_eq!(w.look(256, 256), None);
+        assert_eq!(w.look(200, 256), None);
+        assert_eq!(w.look(0, 200), Some(256));
+        assert_eq!(w.look(0, 0), None);
     }
 
     #[test]

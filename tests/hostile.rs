@@ -24,6 +24,8 @@ const HEADER_TIMEOUT: u64 = 2;
 const ADMIN_CAP: usize = 256;
 /// New data-path connections tried during and after an attack.
 const PROBES: usize = 100;
+/// Resident memory above the baseline allowed once an attack is over.
+const RSS_SLACK_KIB: u64 = 2048;
 /// How long an admin answer may take.
 const ANSWER_WITHIN: Duration = Duration::from_secs(1);
 
@@ -220,8 +222,9 @@ async fn partial_requests_and_idle_connections_on_the_admin_address_starve_nothi
     let start = Instant::now();
     let mut attack = Vec::with_capacity(ATTACKERS);
     let mut during = None;
+    let mut peak_fds = base_fds;
     for i in 0..ATTACKERS {
-        if i == 2 * ADMIN_CAP {
+        if i == ADMIN_CAP + 16 {
             let mut monitor = monitor.take().unwrap();
             during = Some(tokio::spawn(async move {
                 let served = data_path_successes(addr).await;
@@ -229,6 +232,9 @@ async fn partial_requests_and_idle_connections_on_the_admin_address_starve_nothi
                 let fresh = fresh_get(admin, "/healthz").await.map(|(s, _)| s);
                 (served, fresh, monitor)
             }));
+        }
+        if i % 50 == 0 {
+            peak_fds = peak_fds.max(fd_count(lb.pid()));
         }
         let Ok(mut s) = TcpStream::connect(admin).await else {
             continue;
@@ -241,6 +247,7 @@ async fn partial_requests_and_idle_connections_on_the_admin_address_starve_nothi
         attack.push(tokio::spawn(closed_after(s, Instant::now(), within)));
     }
     let opened_in = start.elapsed();
+    peak_fds = peak_fds.max(fd_count(lb.pid()));
     let (during, fresh_during, monitor) = during.unwrap().await.unwrap();
     let during_took = start.elapsed();
     assert_eq!(during, PROBES, "data path during the attack");
@@ -262,10 +269,14 @@ async fn partial_requests_and_idle_connections_on_the_admin_address_starve_nothi
     let at_once = most_at_once(&held);
     let longest = held.iter().map(|&(o, c)| c - o).max().unwrap_or_default();
     let shortest = held.iter().map(|&(o, c)| c - o).min().unwrap_or_default();
+    // edgelb's side: never more descriptors than the admin cap above the baseline
+    // (a few more for the data-path and admin checks running meanwhile). The
+    // client's side sees about as many, later than edgelb closes them under load.
     assert!(
-        at_once > 0 && at_once <= ADMIN_CAP,
-        "{at_once} attacker connections held at once (cap {ADMIN_CAP})"
+        peak_fds <= base_fds + ADMIN_CAP + 8,
+        "edgelb held {peak_fds} descriptors (baseline {base_fds}, admin cap {ADMIN_CAP})"
     );
+    assert!(at_once > 0, "no attacker connection was held");
     assert!(
         longest <= Duration::from_secs(HEADER_TIMEOUT + 2),
         "an attacker connection was held for {longest:?}"
@@ -298,12 +309,6 @@ async fn partial_requests_and_idle_connections_on_the_admin_address_starve_nothi
         fd_count(pid) <= base_fds
     })
     .await;
-    // Memory: the admin connections' buffers are freed; allow the allocator 8 MiB.
-    let rss_after = rss_kib(pid);
-    assert!(
-        rss_after <= base_rss + 8 * 1024,
-        "RSS {base_rss} KiB -> {rss_after} KiB"
-    );
     // A kept-alive connection idle after its answer is closed by the same bound:
     // the header timeout also bounds the wait for the next request.
     drop(monitor);
@@ -320,8 +325,15 @@ async fn partial_requests_and_idle_connections_on_the_admin_address_starve_nothi
             && idle_for <= Duration::from_secs(HEADER_TIMEOUT + 1),
         "an idle keep-alive connection closed after {idle_for:?}"
     );
+    // Memory: the admin connections' buffers go back to the system (the admin
+    // server trims the heap once half its cap has closed; it looks every 2 s).
+    wait_until("edgelb's memory back near the baseline", || {
+        rss_kib(pid) <= base_rss + RSS_SLACK_KIB
+    })
+    .await;
+    let rss_after = rss_kib(pid);
     println!(
-        "admin flood: {ATTACKERS} connections (half partial heads) opened in {opened_in:?}; held by edgelb: {} in all, {at_once} at once (cap {ADMIN_CAP}), rejected at once: {rejected}; data path {during}/{PROBES} during, {after}/{PROBES} after; fresh /healthz during the attack: {fresh_during:?} (checks done {during_took:?} in); held connections closed {shortest:?}..{longest:?} after they opened (header timeout {HEADER_TIMEOUT} s); fds {base_fds} -> {}; RSS {base_rss} -> {rss_after} KiB; an idle keep-alive connection closed after {idle_for:?}",
+        "admin flood: {ATTACKERS} connections (half partial heads) opened in {opened_in:?}; held by edgelb: {} in all, {at_once} at once as the attacker saw it (cap {ADMIN_CAP}); edgelb's descriptors at most {peak_fds} (baseline {base_fds}), rejected at once: {rejected}; data path {during}/{PROBES} during, {after}/{PROBES} after; fresh /healthz during the attack: {fresh_during:?} (checks done {during_took:?} in); held connections closed {shortest:?}..{longest:?} after they opened (header timeout {HEADER_TIMEOUT} s); fds {base_fds} -> {}; RSS {base_rss} -> {rss_after} KiB; an idle keep-alive connection closed after {idle_for:?}",
         held.len(),
         fd_count(pid),
     );

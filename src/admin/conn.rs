@@ -58,6 +58,8 @@ pub async fn serve(
 ) {
     // Its own budget, apart from the data path's `max_connections`.
     let cap = ConnectionLimit::new(limits.max_connections);
+    // Its connections' buffers go back to the system once a crowd of them has gone.
+    crate::memory::spawn_trimmer_after(cap.clone(), (limits.max_connections / 2).max(1));
     let mut backoff = AcceptBackoff::default();
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
