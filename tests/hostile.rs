@@ -2,7 +2,8 @@
 //! thousands of partial requests and idle connections on the admin address, then
 //! silent clients on a listener. The data path keeps serving every client, the
 //! admin server keeps answering, the header timeout closes what the attacker
-//! holds, and descriptors and memory return to their baseline.
+//! holds, and descriptors and memory return to their baseline. Also: a control-API
+//! body that stops coming is cut by the body timeout.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -435,4 +436,33 @@ async fn silent_clients_on_a_listener_are_proxied_or_refused_as_max_connections_
         "silent listener clients: derived max_connections {cap} (RLIMIT_NOFILE {NOFILE}); {proxied} proxied, {refused} refused at once; other clients {PROBES}/{PROBES}; admin answered within {ANSWER_WITHIN:?}"
     );
     assert!(lb.is_running());
+}
+
+#[tokio::test]
+async fn a_control_api_body_that_stops_coming_is_cut_by_the_body_timeout() {
+    let backend = echo_backend().await;
+    let text = config_text(&[("b1", backend.addr, 100)], "", "").replace(
+        "address = \"\"",
+        "address = \"127.0.0.1:0\"\nrequest_body_timeout = 1",
+    );
+    let api = start_api(&text).await;
+    let mut s = TcpStream::connect(api.admin).await.unwrap();
+    // A call announcing 100 bytes of body, sending 11, then silence.
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: edgelb\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nAction=Desc",
+    )
+    .await
+    .unwrap();
+    let sent = Instant::now();
+    let reply = tokio::time::timeout(Duration::from_secs(5), read_to_end(&mut s))
+        .await
+        .expect("the connection was not closed");
+    let took = sent.elapsed();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("RequestTimeout"), "{reply}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "answered and closed after {took:?}"
+    );
 }
