@@ -3,7 +3,7 @@
 //! silent clients on a listener. The data path keeps serving every client, the
 //! admin server keeps answering, the header timeout closes what the attacker
 //! holds, and descriptors and memory return to their baseline. Also: a control-API
-//! body that stops coming is cut by the body timeout.
+//! body that stops coming is cut by the body timeout (in-process).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
