@@ -316,3 +316,28 @@ impl<C: LiveCounter> Drop for LiveGuard<'_, C> {
         self.1.down();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_guard_decrements_on_drop_even_on_panic() {
+        let gauge = Gauge::noop();
+        let count = LiveCount::new();
+        count.store(7, Ordering::Relaxed);
+        let g = LiveGuard::new(&gauge, &count);
+        assert_eq!(count.load(Ordering::Relaxed), 8);
+        drop(g);
+        assert_eq!(count.load(Ordering::Relaxed), 7);
+        let r = std::thread::scope(|s| {
+            s.spawn(|| {
+                let _g = LiveGuard::new(&gauge, &count);
+                panic!("connection task failed");
+            })
+            .join()
+        });
+        assert!(r.is_err());
+        assert_eq!(count.load(Ordering::Relaxed), 7);
+    }
+}

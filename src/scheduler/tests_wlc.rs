@@ -2,7 +2,7 @@
 //! pools) and the tree (large ones), forced here on small pools so the sequences
 //! stay readable.
 
-use super::tests::flow;
+use super::tests::{flow, Conn};
 use super::wlc::{LeastConn, SCAN_MAX};
 use super::*;
 use std::sync::atomic::AtomicU64;
@@ -89,7 +89,7 @@ fn short_connections_take_turns_on_the_tree() {
     let s = build(candidates(&[5, 5, 5, 0, 5], &[0; 5]), 0);
     let got: Vec<usize> = (0..8)
         .map(|_| pick(&s))
-        .inspect(|&i| drop(s.guard(i)))
+        .inspect(|&i| drop(Conn::open(&s, i)))
         .collect();
     assert_eq!(got, [0, 1, 2, 4, 0, 1, 2, 4]);
 }
@@ -99,7 +99,7 @@ fn guards_drive_the_choice_and_give_counts_back() {
     for s in both(&[1, 1], &[0, 0]) {
         let mut held = Vec::new();
         for _ in 0..10 {
-            held.push(s.guard(pick(&s)).unwrap());
+            held.push(Conn::open(&s, pick(&s)));
         }
         // Ten connections with guards held spread evenly.
         assert_eq!(counts(&s), [5, 5]);
@@ -107,24 +107,6 @@ fn guards_drive_the_choice_and_give_counts_back() {
         drop(held);
         assert_eq!(counts(&s), [0, 0]);
     }
-}
-
-#[test]
-fn active_guard_decrements_on_drop_even_on_panic() {
-    let counter = Arc::new(LiveCount::new());
-    counter.store(7, Ordering::Relaxed);
-    let g = ActiveGuard::new(Arc::clone(&counter));
-    assert_eq!(counter.load(Ordering::Relaxed), 8);
-    drop(g);
-    assert_eq!(counter.load(Ordering::Relaxed), 7);
-    let c2 = Arc::clone(&counter);
-    let r = std::thread::spawn(move || {
-        let _g = ActiveGuard::new(c2);
-        panic!("connection task failed");
-    })
-    .join();
-    assert!(r.is_err());
-    assert_eq!(counter.load(Ordering::Relaxed), 7);
 }
 
 #[test]
@@ -161,7 +143,7 @@ fn tree_picks_an_exact_minimum_at_any_size() {
                 let (aj, wj) = load(j);
                 aj * u64::from(wi) >= ai * u64::from(wj)
             }));
-            held.push(s.guard(i).unwrap());
+            held.push(Conn::open(&s, i));
             // Some connections close, at random.
             if lcg(&mut r) % 3 == 0 {
                 held.swap_remove(lcg(&mut r) as usize % held.len());
@@ -173,9 +155,9 @@ fn tree_picks_an_exact_minimum_at_any_size() {
 #[test]
 fn a_rebuilt_selector_hears_of_closes_placed_by_the_old_one() {
     let old = build(candidates(&[1, 1, 1], &[0, 0, 0]), 0);
-    let mut held: Vec<(usize, ActiveGuard)> = (0..6)
+    let mut held: Vec<(usize, Conn)> = (0..6)
         .map(|_| pick(&old))
-        .map(|i| (i, old.guard(i).unwrap()))
+        .map(|i| (i, Conn::open(&old, i)))
         .collect();
     assert_eq!(counts(&old), [2, 2, 2]);
     // A health change rebuilds; then b's connections close: only the counts'
@@ -198,7 +180,7 @@ fn concurrent_use_keeps_counts_and_spreads_picks() {
                 for k in 0..20_000 {
                     let i = pick(&s);
                     picked[i].fetch_add(1, Ordering::Relaxed);
-                    held.push_back(s.guard(i).unwrap());
+                    held.push_back(Conn::open(&s, i));
                     // Each thread keeps 10 to 40 open, closing oldest first.
                     if held.len() > 10 + (k + t * 7) % 30 {
                         held.pop_front();
@@ -220,6 +202,6 @@ fn concurrent_use_keeps_counts_and_spreads_picks() {
     got.sort_unstable();
     assert_eq!(got, [0, 1, 2, 3, 4, 5, 6, 7]);
     // And unequal loads are seen exactly: one connection on all but the last.
-    let _held: Vec<ActiveGuard> = (0..7).map(|i| s.guard(i).unwrap()).collect();
+    let _held: Vec<Conn> = (0..7).map(|i| Conn::open(&s, i)).collect();
     assert_eq!(picks(&s, 3), [7, 7, 7]);
 }

@@ -1,4 +1,4 @@
-//! Weighted least connections, and the guard that keeps the counts honest.
+//! Weighted least connections.
 //!
 //! The counts are per-backend [`LiveCount`]s owned by the caller so they survive
 //! selector rebuilds. A small pool is scanned (a few ns a backend, nothing to
@@ -16,32 +16,6 @@ use std::sync::Arc;
 /// Pools up to this size are scanned rather than kept in a tree: below it the
 /// scan is as fast as the tree's pick, and opens and closes stay free.
 pub(super) const SCAN_MAX: usize = 32;
-
-/// Counts one live connection on a backend: increments on creation,
-/// decrements on drop, so every exit path (error, panic, early return) gives
-/// the count back.
-#[derive(Debug)]
-pub struct ActiveGuard {
-    counter: Arc<LiveCount>,
-}
-
-impl ActiveGuard {
-    pub fn new(counter: Arc<LiveCount>) -> Self {
-        counter.increment();
-        ActiveGuard { counter }
-    }
-
-    /// The backend's current live count (this connection included).
-    pub fn count(&self) -> u64 {
-        self.counter.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.counter.decrement();
-    }
-}
 
 struct Entry {
     active: Arc<LiveCount>,
