@@ -38,6 +38,10 @@ const EMPTY: List = List {
 
 /// The entries of the clients that hash to one shard. Times are nanoseconds
 /// since the table's epoch.
+///
+/// The helpers the table calls per connection are `#[inline]`: the table is in
+/// another module, so possibly another codegen unit, and before the two were
+/// split LLVM inlined them into `lookup`, `insert` and `release`.
 #[derive(Debug)]
 pub(super) struct Shard {
     map: HashMap<IpAddr, u32>,
@@ -70,11 +74,13 @@ impl Shard {
     }
 
     /// The slot of `client`'s entry (live or dead).
+    #[inline]
     pub(super) fn slot(&self, client: IpAddr) -> Option<u32> {
         self.map.get(&client).copied()
     }
 
     /// The slot of a live entry for `p`'s generation, if it still exists.
+    #[inline]
     pub(super) fn find(&self, p: &Placement) -> Option<u32> {
         let idx = *self.map.get(&p.client)?;
         (self.nodes[idx as usize].generation == p.generation).then_some(idx)
@@ -82,6 +88,7 @@ impl Shard {
 
     /// The last use of entry `idx` if no connection is open on it (only such
     /// an entry can expire).
+    #[inline]
     pub(super) fn idle_since(&self, idx: u32) -> Option<u64> {
         let n = &self.nodes[idx as usize];
         (n.open == 0).then_some(n.last_use)
@@ -167,6 +174,7 @@ impl Shard {
     }
 
     /// A connection on `idx` closed: open -= 1, and it is most recently used.
+    #[inline]
     pub(super) fn release(&mut self, idx: u32, now: u64) {
         self.unlink(idx);
         let clock = self.clock.max(now);
@@ -179,6 +187,7 @@ impl Shard {
 
     /// At capacity, drops the least recently used idle entry, or the least
     /// recently used busy one if none is idle; true if it dropped one.
+    #[inline]
     pub(super) fn evict_if_full(&mut self) -> bool {
         if self.map.len() < self.capacity {
             return false;
@@ -197,6 +206,7 @@ impl Shard {
 
     /// A new entry for `client` (not in the shard, which has room), pinned to
     /// `server` with no connection counted, under a fresh generation.
+    #[inline]
     pub(super) fn add(&mut self, client: IpAddr, server: Arc<str>, now: u64) -> u32 {
         let generation = self.next_generation;
         self.next_generation += 1;
