@@ -1,6 +1,7 @@
 //! The admin server (hyper): `/metrics`, `/healthz`, `/status` and the status page.
 
 mod conn;
+mod evict;
 mod page;
 mod status;
 

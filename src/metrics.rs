@@ -24,6 +24,7 @@ pub const CONNECTION_DURATION_SECONDS: &str = "edgelb_connection_duration_second
 pub const BACKEND_CONNECT_SECONDS: &str = "edgelb_backend_connect_seconds";
 pub const CONFIG_RELOADS_TOTAL: &str = "edgelb_config_reloads_total";
 pub const ADMIN_REJECTED_CONNECTIONS_TOTAL: &str = "edgelb_admin_rejected_connections_total";
+pub const ADMIN_EVICTED_CONNECTIONS_TOTAL: &str = "edgelb_admin_evicted_connections_total";
 
 /// Every metric name above, for tests and tools (the Grafana dashboard test).
 pub const ALL: &[&str] = &[
@@ -44,6 +45,7 @@ pub const ALL: &[&str] = &[
     BACKEND_CONNECT_SECONDS,
     CONFIG_RELOADS_TOTAL,
     ADMIN_REJECTED_CONNECTIONS_TOTAL,
+    ADMIN_EVICTED_CONNECTIONS_TOTAL,
 ];
 
 /// Histogram buckets of connection lifetimes, in seconds.
@@ -111,13 +113,18 @@ pub fn describe() {
     describe_counter!(CONFIG_RELOADS_TOTAL, "Listener file reloads, by result");
     describe_counter!(
         ADMIN_REJECTED_CONNECTIONS_TOTAL,
-        "Admin connections closed at once because [admin] max_connections were open"
+        "Admin connections closed at once because [admin] max_connections were open, all answering a request"
+    );
+    describe_counter!(
+        ADMIN_EVICTED_CONNECTIONS_TOTAL,
+        "Idle admin connections closed, oldest first, to make room for a new one at [admin] max_connections"
     );
     // Process-wide series exist from the start, so a dashboard shows 0, not "no data".
     for result in ["success", "failure"] {
         counter!(CONFIG_RELOADS_TOTAL, "result" => result).absolute(0);
     }
     counter!(ADMIN_REJECTED_CONNECTIONS_TOTAL).absolute(0);
+    counter!(ADMIN_EVICTED_CONNECTIONS_TOTAL).absolute(0);
 }
 
 /// A Prometheus counter with a total the process can read back (the status page),
@@ -268,9 +275,15 @@ pub fn config_reload(success: bool) {
     counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(1);
 }
 
-/// An admin connection closed at once: the admin cap was reached.
+/// An admin connection closed at once: the admin cap was reached, every admin
+/// connection answering a request.
 pub fn admin_connection_rejected() {
     counter!(ADMIN_REJECTED_CONNECTIONS_TOTAL).increment(1);
+}
+
+/// An idle admin connection closed to make room for a new one at the admin cap.
+pub fn admin_connection_evicted() {
+    counter!(ADMIN_EVICTED_CONNECTIONS_TOTAL).increment(1);
 }
 
 /// A gauge and a readable count raised for as long as this value lives (active

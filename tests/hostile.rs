@@ -29,6 +29,8 @@ const PROBES: usize = 100;
 const RSS_SLACK_KIB: u64 = 2048;
 /// How long an admin answer may take.
 const ANSWER_WITHIN: Duration = Duration::from_secs(1);
+/// Rounds of fresh `/healthz` and `/metrics` while the attacker holds the admin cap.
+const CHECK_ROUNDS: usize = 5;
 
 /// The binary under `RLIMIT_NOFILE = NOFILE` with `global`, one listener to
 /// `backend` and an admin server with a short header timeout; returned once
@@ -58,17 +60,6 @@ async fn start(backend: SocketAddr, global: &str) -> (Edgelb, SocketAddr, Socket
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     (lb, addr, admin)
-}
-
-/// `/healthz` on a new connection that the admin server may close unanswered
-/// (its cap reached): the status, or `None` when closed without an answer.
-async fn try_healthz(admin: SocketAddr) -> Option<u16> {
-    let mut s = TcpStream::connect(admin).await.ok()?;
-    let request = "GET /healthz HTTP/1.1\r\nHost: edgelb\r\nConnection: close\r\n\r\n";
-    s.write_all(request.as_bytes()).await.ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.ok()?;
-    String::from_utf8_lossy(&raw).get(9..12)?.parse().ok()
 }
 
 /// One `GET` on a kept-alive connection: the status and body.
@@ -121,14 +112,18 @@ async fn admin_answers(s: &mut TcpStream) -> String {
     unreachable!()
 }
 
-/// `/healthz` and `/metrics`, each on a new connection, each within [`ANSWER_WITHIN`].
-async fn fresh_answers(admin: SocketAddr) {
+/// `/healthz` and `/metrics`, each on a new connection, each within [`ANSWER_WITHIN`];
+/// the longer of the two waits.
+async fn fresh_answers(admin: SocketAddr) -> Duration {
+    let mut slowest = Duration::ZERO;
     for path in ["/healthz", "/metrics"] {
         let t = Instant::now();
         let got = tokio::time::timeout(ANSWER_WITHIN, http_get(admin, path)).await;
         let status = got.ok().map(|(s, _, _)| s);
         assert_eq!(status, Some(200), "{path} after {:?}", t.elapsed());
+        slowest = slowest.max(t.elapsed());
     }
+    slowest
 }
 
 /// `PROBES` new connections through the listener, each echoing a byte; how many did.
@@ -210,26 +205,29 @@ async fn partial_requests_and_idle_connections_on_the_admin_address_starve_nothi
     assert_eq!(data_path_successes(addr).await, PROBES);
     let mut monitor = TcpStream::connect(admin).await.unwrap();
     admin_answers(&mut monitor).await;
-    let mut monitor = Some(monitor);
     let (base_fds, base_rss) = usage(&lb);
 
     // The attack: every other connection sends half a request head, the rest
     // nothing; then silence. Once the admin cap is surely taken, while the attack
-    // goes on: the data path serves every new client, and the monitoring
-    // connection (kept alive, so it keeps its slot) gets its answers within a
-    // second; a fresh admin connection finds the cap taken.
+    // goes on: the data path serves every new client, and a fresh admin connection
+    // per check gets `/healthz` and `/metrics` within a second, several times (the
+    // oldest idle admin connection, the attacker's or the idle monitor's, makes
+    // room for it).
     let start = Instant::now();
     let mut attack = Vec::with_capacity(ATTACKERS);
     let mut during = None;
     let mut peak_fds = base_fds;
     for i in 0..ATTACKERS {
         if i == ADMIN_CAP + 16 {
-            let mut monitor = monitor.take().unwrap();
             during = Some(tokio::spawn(async move {
-                let served = data_path_successes(addr).await;
-                admin_answers(&mut monitor).await;
-                let fresh = try_healthz(admin).await;
-                (served, fresh, monitor)
+                let (mut served, mut checks) = (0, Vec::new());
+                for round in 0..CHECK_ROUNDS {
+                    checks.push((fresh_answers(admin).await, Instant::now()));
+                    if round == 0 {
+                        served = data_path_successes(addr).await;
+                    }
+                }
+                (served, checks)
             }));
         }
         if i % 50 == 0 {
@@ -247,15 +245,24 @@ async fn partial_requests_and_idle_connections_on_the_admin_address_starve_nothi
     }
     let opened_in = start.elapsed();
     peak_fds = peak_fds.max(fd_count(lb.pid()));
-    let (during, fresh_during, monitor) = during.unwrap().await.unwrap();
+    let (during, checks) = during.unwrap().await.unwrap();
     let during_took = start.elapsed();
     assert_eq!(during, PROBES, "data path during the attack");
+    // Every check ran while the attacker still held the cap: the last attacker
+    // connections are only freed by the header timeout, HEADER_TIMEOUT s after
+    // they opened.
+    let attack_held_until = start + opened_in + Duration::from_secs(HEADER_TIMEOUT);
+    for &(_, done) in &checks {
+        assert!(done < attack_held_until, "a check ran after the attack");
+    }
+    let slowest_check = checks.iter().map(|&(took, _)| took).max().unwrap();
 
-    // Every attacker connection is closed: past the cap at once, the ones held by
-    // the header timeout.
-    // Every attacker connection is closed: past the cap at once, the ones held by
-    // the header timeout; never more than the cap held at once.
+    // Every attacker connection is closed: the oldest idle ones at once to make
+    // room for newer ones, the last held by the header timeout; never more than
+    // the cap held at once.
     let mut held = Vec::new();
+    // Closed before the header timeout could have: made room for newer ones.
+    let mut evicted_seen = 0;
     for close in attack {
         let (opened, closed) = close
             .await
@@ -263,6 +270,9 @@ async fn partial_requests_and_idle_connections_on_the_admin_address_starve_nothi
             .expect("an attacker connection was never closed");
         if closed - opened >= Duration::from_millis(HEADER_TIMEOUT * 1000 / 2) {
             held.push((opened, closed));
+        }
+        if closed - opened < Duration::from_millis(HEADER_TIMEOUT * 1000 - 100) {
+            evicted_seen += 1;
         }
     }
     let at_once = most_at_once(&held);
@@ -287,10 +297,19 @@ async fn partial_requests_and_idle_connections_on_the_admin_address_starve_nothi
     let t = Instant::now();
     let (status, _, body) = http_get(admin, "/metrics").await;
     assert!(status == 200 && t.elapsed() < ANSWER_WITHIN);
+    // No attacker connection ever answers a request, so none is refused: each new
+    // one closes the oldest idle one, which the attacker sees closed early.
     let rejected = metric(&body, "edgelb_admin_rejected_connections_total");
+    let evicted = metric(&body, "edgelb_admin_evicted_connections_total");
+    assert_eq!(
+        rejected, 0.0,
+        "admin connections refused with idle ones open"
+    );
     assert!(
-        rejected >= (ATTACKERS - held.len()) as f64,
-        "{rejected} admin connections counted as rejected"
+        evicted >= (ATTACKERS - 2 * ADMIN_CAP) as f64
+            && evicted >= evicted_seen as f64
+            && evicted_seen >= ATTACKERS / 2,
+        "{evicted} admin connections evicted, the attacker saw {evicted_seen} closed early"
     );
     fresh_answers(admin).await;
     let log = lb.log_text();
@@ -332,7 +351,7 @@ async fn partial_requests_and_idle_connections_on_the_admin_address_starve_nothi
     .await;
     let rss_after = rss_kib(pid);
     println!(
-        "admin flood: {ATTACKERS} connections (half partial heads) opened in {opened_in:?}; held by edgelb: {} in all, {at_once} at once as the attacker saw it (cap {ADMIN_CAP}); edgelb's descriptors at most {peak_fds} (baseline {base_fds}), rejected at once: {rejected}; data path {during}/{PROBES} during, {after}/{PROBES} after; fresh /healthz during the attack: {fresh_during:?} (checks done {during_took:?} in); held connections closed {shortest:?}..{longest:?} after they opened (header timeout {HEADER_TIMEOUT} s); fds {base_fds} -> {}; RSS {base_rss} -> {rss_after} KiB; an idle keep-alive connection closed after {idle_for:?}",
+        "admin flood: {ATTACKERS} connections (half partial heads) opened in {opened_in:?}; held by edgelb: {} in all, {at_once} at once as the attacker saw it (cap {ADMIN_CAP}); edgelb's descriptors at most {peak_fds} (baseline {base_fds}), evicted: {evicted} ({evicted_seen} seen closed before the header timeout), refused: {rejected}; data path {during}/{PROBES} during, {after}/{PROBES} after; {CHECK_ROUNDS} rounds of fresh /healthz and /metrics during the attack, slowest {slowest_check:?} (checks done {during_took:?} in); held connections closed {shortest:?}..{longest:?} after they opened (header timeout {HEADER_TIMEOUT} s); fds {base_fds} -> {}; RSS {base_rss} -> {rss_after} KiB; an idle keep-alive connection closed after {idle_for:?}",
         held.len(),
         fd_count(pid),
     );
