@@ -17,7 +17,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use support::daemon::Daemon;
-use support::process::{fd_count, raise_nofile, rss_kib, Edgelb, Options};
+use support::process::{fd_count, raise_nofile, rss_kib, Edgelb};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -76,22 +76,12 @@ async fn idle_connections_are_held_and_their_memory_given_back() {
     );
     let (_python, backend_port) = python_echo();
     let backend: std::net::SocketAddr = format!("127.0.0.1:{backend_port}").parse().unwrap();
-    let port = free_port();
     let text = config_text(
         &[("b1", backend, 100)],
         "max_connections = 100000",
         "health_check_interval = 50",
-    )
-    .replace("listener_port = 80", &format!("listener_port = {port}"));
-    let mut lb = Edgelb::start(
-        &text,
-        Options {
-            nofile: Some(limit),
-            ..Options::default()
-        },
     );
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    lb.wait_listening(addr);
+    let (mut lb, addr, _) = Edgelb::start_on_free_ports(&text, None, Some(limit));
     let pid = lb.pid();
     // Warm up: one connection through, so lazily built state is in the baseline.
     {

@@ -8,7 +8,7 @@
 mod support;
 
 use std::time::{Duration, Instant};
-use support::process::{cpu_time, fd_count, Edgelb, Options};
+use support::process::{cpu_time, fd_count, Edgelb};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -52,23 +52,9 @@ async fn start_limited(
     backend: std::net::SocketAddr,
     checks: &str,
 ) -> (Edgelb, std::net::SocketAddr, u16) {
-    let port = free_port();
-    let admin_port = free_port();
-    let text = config_text(&[("b1", backend, 100)], "max_connections = 100000", checks)
-        .replace(
-            "address = \"\"",
-            &format!("address = \"127.0.0.1:{admin_port}\""),
-        )
-        .replace("listener_port = 80", &format!("listener_port = {port}"));
-    let mut lb = Edgelb::start(
-        &text,
-        Options {
-            nofile: Some(NOFILE),
-            ..Options::default()
-        },
-    );
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    lb.wait_listening(addr);
+    let text = config_text(&[("b1", backend, 100)], "max_connections = 100000", checks);
+    let (lb, addr, admin) = Edgelb::start_on_free_ports(&text, Some(""), Some(NOFILE));
+    let admin_port = admin.expect("an admin server").port();
     wait_until("the backend checked healthy", || {
         lb.log_text().contains("to=healthy")
     })

@@ -10,7 +10,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use support::process::{fd_count, raise_nofile, rss_kib, Edgelb, Options};
+use support::process::{fd_count, raise_nofile, rss_kib, Edgelb};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -37,23 +37,10 @@ const CHECK_ROUNDS: usize = 5;
 /// `/healthz` says ready. Also returns the listener's and the admin's addresses.
 async fn start(backend: SocketAddr, global: &str) -> (Edgelb, SocketAddr, SocketAddr) {
     raise_nofile();
-    let port = free_port();
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let text = config_text(&[("b1", backend, 100)], global, "")
-        .replace(
-            "address = \"\"",
-            &format!("address = \"{admin}\"\nrequest_header_timeout = {HEADER_TIMEOUT}"),
-        )
-        .replace("listener_port = 80", &format!("listener_port = {port}"));
-    let mut lb = Edgelb::start(
-        &text,
-        Options {
-            nofile: Some(NOFILE),
-            ..Options::default()
-        },
-    );
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    lb.wait_listening(addr);
+    let text = config_text(&[("b1", backend, 100)], global, "");
+    let header_timeout = format!("request_header_timeout = {HEADER_TIMEOUT}");
+    let (lb, addr, admin) = Edgelb::start_on_free_ports(&text, Some(&header_timeout), Some(NOFILE));
+    let admin = admin.expect("an admin server");
     let deadline = Instant::now() + Duration::from_secs(10);
     while http_get(admin, "/healthz").await.0 != 200 {
         assert!(Instant::now() < deadline, "never ready:\n{}", lb.log_text());

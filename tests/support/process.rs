@@ -42,6 +42,35 @@ impl Edgelb {
         Edgelb::spawn(cmd, dir, config, options)
     }
 
+    /// Starts the binary on `text` (a [`super::config_text`] file) with its listener
+    /// port rewritten to a free port and, when `admin` is given, its admin server on
+    /// another free port with `admin` as extra `[admin]` lines; under
+    /// `RLIMIT_NOFILE = nofile` when given. Returns once the listener accepts, with
+    /// the listener's and the admin server's addresses.
+    pub fn start_on_free_ports(
+        text: &str,
+        admin: Option<&str>,
+        nofile: Option<u64>,
+    ) -> (Edgelb, SocketAddr, Option<SocketAddr>) {
+        let port = super::free_port();
+        let mut text = text.replace("listener_port = 80", &format!("listener_port = {port}"));
+        let admin = admin.map(|extra| {
+            let addr = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
+            text = text.replace("address = \"\"", &format!("address = \"{addr}\"\n{extra}"));
+            addr
+        });
+        let mut lb = Edgelb::start(
+            &text,
+            Options {
+                nofile,
+                ..Options::default()
+            },
+        );
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        lb.wait_listening(addr);
+        (lb, addr, admin)
+    }
+
     /// Starts `edgelb demo` with its stdout piped (`child.stdout`), for the banner
     /// naming the listener; logs to a file. `config` names a file never written.
     pub fn demo(options: Options) -> Edgelb {
