@@ -165,14 +165,24 @@ async fn serve(
     if let Some(banner) = banner {
         println!("{banner}");
     }
-    loop {
+    // SIGTERM drains after `drain_delay`; SIGINT (a person at a terminal) at once.
+    let delayed = loop {
         tokio::select! {
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break true,
+            _ = interrupt.recv() => break false,
             _ = hangup.recv() => process.reload().await,
         }
-    }
-    process.drain().await;
+    };
+    // During the delay, SIGINT or a second SIGTERM ends it early.
+    let early = async {
+        if delayed {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        }
+    };
+    process.drain(early).await;
     Ok(())
 }
 

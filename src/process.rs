@@ -9,6 +9,7 @@ use crate::listener::{self, Binder};
 use crate::metrics;
 use crate::server::{BindError, Server};
 use crate::workers::Workers;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -168,12 +169,26 @@ impl Process {
         }
     }
 
-    /// SIGTERM: not ready any more, listening sockets closed, open connections
-    /// given up to `drain_timeout`; then the admin server stops. Returns how many
-    /// connections were cut at the deadline.
-    pub async fn drain(&self) -> usize {
-        tracing::info!("stopping: listening sockets closed, draining");
+    /// SIGTERM: not ready at once (`/healthz` says 503); the listeners keep
+    /// accepting for `drain_delay`, or until `early` completes (SIGINT, a second
+    /// SIGTERM), so a router watching `/healthz` takes the node out first; then
+    /// the listening sockets close and open connections get up to
+    /// `drain_timeout`; then the admin server stops. Returns how many connections
+    /// were cut at the deadline.
+    pub async fn drain(&self, early: impl Future<Output = ()>) -> usize {
         self.admin.ready.store(false, Ordering::Release);
+        let delay = self.server.drain_delay();
+        if !delay.is_zero() {
+            tracing::info!(
+                drain_delay_s = delay.as_secs(),
+                "draining: /healthz says 503, listeners accept until the delay ends"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = early => tracing::info!("drain delay ended early by a signal"),
+            }
+        }
+        tracing::info!("stopping: listening sockets closed, draining");
         let cut = self.server.drain().await;
         self.stop_admin.cancel();
         tracing::info!(closed_at_timeout = cut, "stopped");
@@ -184,5 +199,88 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.stop_admin.cancel();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    async fn start(global: &str) -> (Process, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "edgelb-process-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lb.toml");
+        let text = format!(
+            "[global]\n{global}\n[admin]\naddress = \"\"\n[[load_balancers]]\nid = \"lb\"\n\
+             address = \"127.0.0.1\"\n[[load_balancers.backend_servers]]\nserver_id = \"b\"\n\
+             ip = \"127.0.0.1\"\nport = 9\n[[listeners]]\nload_balancer_id = \"lb\"\n\
+             listener_port = 80\nhealth_check_interval = 50\n"
+        );
+        std::fs::write(&path, &text).unwrap();
+        let config = Config::load(&path).unwrap();
+        let options = Options {
+            binder: std::sync::Arc::new(|a: SocketAddr| listener::bind(SocketAddr::new(a.ip(), 0))),
+            workers: None,
+            admin: AdminBind::Off,
+            metrics: false,
+        };
+        (Process::start(path, config, options).await.unwrap(), dir)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_is_not_ready_at_once_accepts_through_the_delay_then_closes() {
+        let (process, dir) = start("drain_delay = 5").await;
+        assert!(process.admin.is_ready());
+        let process = std::sync::Arc::new(process);
+        let draining = tokio::spawn({
+            let process = process.clone();
+            async move { process.drain(std::future::pending()).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!process.admin.is_ready(), "503 from the first moment");
+        tokio::time::advance(Duration::from_millis(4_900)).await;
+        assert_eq!(
+            process.server.local_addrs().len(),
+            1,
+            "accepting in the delay"
+        );
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(draining.await.unwrap(), 0);
+        assert!(process.server.local_addrs().is_empty(), "closed after it");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_signal_ends_the_delay_early_and_no_delay_closes_at_once() {
+        let (process, dir) = start("drain_delay = 300").await;
+        let (end, early) = tokio::sync::oneshot::channel::<()>();
+        let process = std::sync::Arc::new(process);
+        let draining = tokio::spawn({
+            let process = process.clone();
+            async move {
+                process
+                    .drain(async {
+                        let _ = early.await;
+                    })
+                    .await
+            }
+        });
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(process.server.local_addrs().len(), 1);
+        end.send(()).unwrap();
+        draining.await.unwrap();
+        assert!(process.server.local_addrs().is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+
+        let (process, dir) = start("").await;
+        process.drain(std::future::pending()).await;
+        assert!(process.server.local_addrs().is_empty(), "drain_delay = 0");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -210,6 +210,11 @@ impl Server {
         self.shared.limit.open()
     }
 
+    /// `drain_delay` of the configuration in force.
+    pub fn drain_delay(&self) -> std::time::Duration {
+        self.state().global.drain_delay
+    }
+
     /// Closes every listening socket, waits up to `drain_timeout` for open
     /// connections to finish, then closes the rest. Returns how many were cut.
     pub async fn drain(&self) -> usize {

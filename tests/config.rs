@@ -139,6 +139,7 @@ const RANGES: &[(&str, &str, i64, i64, &str)] = &[
     ),
     ("global", "connect_retries", 0, 16, "InvalidConnectRetries"),
     ("global", "drain_timeout", 0, 3600, "InvalidDrainTimeout"),
+    ("global", "drain_delay", 0, 300, "InvalidDrainDelay"),
     (
         "global",
         "persistence_max_entries",
@@ -510,6 +511,7 @@ fn defaults_are_resolved() {
         (g.connect_retries, g.drain_timeout),
         (2, Duration::from_secs(30))
     );
+    assert_eq!(g.drain_delay, Duration::ZERO);
     assert_eq!((g.persistence_max_entries, g.max_connections), (262_144, 0));
     let l = &config.listeners[0];
     assert_eq!(l.spec.scheduler, Scheduler::Wrr);
@@ -674,6 +676,7 @@ fn the_example_file_uses_every_key_and_is_valid() {
         "backend_connect_timeout_ms",
         "connect_retries",
         "drain_timeout",
+        "drain_delay",
         "persistence_max_entries",
         "max_connections",
         "access_key_id",

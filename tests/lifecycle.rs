@@ -148,3 +148,78 @@ fn demo_shows_the_rotation_over_three_backends() {
     proc.signal(libc::SIGTERM);
     assert_eq!(proc.wait_exit(Duration::from_secs(20)).code(), Some(0));
 }
+
+/// The binary with `drain_delay` (and an admin server), after SIGTERM: `/healthz`
+/// says 503 while the listener still proxies. Returns the process, the listener
+/// and the admin server, and when SIGTERM was sent.
+fn sigterm_with_delay(backend: SocketAddr, delay: u64) -> (Edgelb, SocketAddr, Instant) {
+    let text = config_text(
+        &[("b1", backend, 100)],
+        &format!("drain_delay = {delay}\ndrain_timeout = 30"),
+        "",
+    );
+    let (proc, addr, admin) = Edgelb::start_on_free_ports(&text, Some(""), None);
+    let admin = admin.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_get_blocking(admin, "/healthz").0 != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    proc.signal(libc::SIGTERM);
+    let sent = Instant::now();
+    // 503 first...
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http_get_blocking(admin, "/healthz").0 != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "/healthz still 200 after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // ...while new connections are still accepted and proxied.
+    let mut during = TcpStream::connect(addr).expect("accepting in the drain delay");
+    during
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    echo_once(&mut during, b"in the delay");
+    (proc, addr, sent)
+}
+
+/// Waits until `addr` refuses; returns when that was.
+fn refused_at(addr: SocketAddr, within: Duration) -> Instant {
+    let deadline = Instant::now() + within;
+    while TcpStream::connect(addr).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Instant::now()
+}
+
+#[test]
+fn sigterm_with_drain_delay_is_503_first_accepts_through_the_delay_then_refuses() {
+    let (_rt, backend) = background_echo();
+    let (mut proc, addr, sent) = sigterm_with_delay(backend, 2);
+    let refused = refused_at(addr, Duration::from_secs(20));
+    assert!(
+        refused - sent >= Duration::from_millis(1_900),
+        "refused {:?} after SIGTERM, inside the 2 s delay",
+        refused - sent
+    );
+    assert_eq!(proc.wait_exit(Duration::from_secs(20)).code(), Some(0));
+    let log = proc.log_text();
+    assert!(
+        log.contains("listeners accept until the delay ends"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_second_sigterm_ends_the_drain_delay_early() {
+    let (_rt, backend) = background_echo();
+    let (mut proc, addr, _) = sigterm_with_delay(backend, 300);
+    // A SIGTERM during the delay does not start another drain; it ends the delay.
+    proc.signal(libc::SIGTERM);
+    refused_at(addr, Duration::from_secs(10));
+    assert_eq!(proc.wait_exit(Duration::from_secs(20)).code(), Some(0));
+    assert!(proc.log_text().contains("drain delay ended early"));
+}

@@ -31,6 +31,7 @@ pub mod defaults {
     pub const BACKEND_CONNECT_TIMEOUT_MS: i64 = 3000;
     pub const CONNECT_RETRIES: i64 = 2;
     pub const DRAIN_TIMEOUT: i64 = 30;
+    pub const DRAIN_DELAY: i64 = 0;
     pub const PERSISTENCE_MAX_ENTRIES: i64 = 262_144;
     pub const MAX_CONNECTIONS: i64 = 0;
     pub const ADMIN_ADDRESS: &str = "127.0.0.1:9900";
@@ -67,6 +68,9 @@ pub struct Global {
     pub backend_connect_timeout: Duration,
     pub connect_retries: u32,
     pub drain_timeout: Duration,
+    /// How long a SIGTERM keeps the listeners accepting, `/healthz` already 503,
+    /// before they close (so a router watching `/healthz` takes the node out first).
+    pub drain_delay: Duration,
     pub persistence_max_entries: usize,
     /// Per process; 0 = derived from the file-descriptor limit at start.
     pub max_connections: usize,

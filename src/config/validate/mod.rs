@@ -164,6 +164,7 @@ fn global(table: &Table, errors: &mut Vec<ConfigError>) -> Option<Global> {
         0..=3600,
         d::DRAIN_TIMEOUT,
     );
+    let delay = r.int_or(&p("drain_delay", "DrainDelay"), 0..=300, d::DRAIN_DELAY);
     let max_entries = r.int_or(
         &p("persistence_max_entries", "PersistenceMaxEntries"),
         1..=1 << 26,
@@ -180,6 +181,7 @@ fn global(table: &Table, errors: &mut Vec<ConfigError>) -> Option<Global> {
         backend_connect_timeout: std::time::Duration::from_millis(u64::try_from(timeout?).ok()?),
         connect_retries: u32::try_from(retries?).ok()?,
         drain_timeout: std::time::Duration::from_secs(u64::try_from(drain?).ok()?),
+        drain_delay: std::time::Duration::from_secs(u64::try_from(delay?).ok()?),
         persistence_max_entries: usize::try_from(max_entries?).ok()?,
         max_connections: usize::try_from(max_conns?).ok()?,
     })
