@@ -9,22 +9,25 @@
 mod support;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use support::{config_text, echo_backend, echo_through, start_lb, Lb};
+use edgelb::process::Process;
+use support::{config_text, echo_backend, echo_through, ephemeral_binder, start_process, Lb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 
 const MIB: usize = 1 << 20;
 
-/// Starts edgelb in `rt` in front of an echo backend.
-fn start(rt: &Runtime) -> Lb {
+/// Starts edgelb in `rt` in front of an echo backend: the process as the binary
+/// wires it (`edgelb::process`), with its listeners on the bench's runtime.
+fn start(rt: &Runtime) -> (Process, Lb) {
     rt.block_on(async {
         let backend = echo_backend().await;
-        start_lb(&config_text(
-            &[("b", backend.addr, 100)],
-            "",
-            "scheduler = \"rr\"",
-        ))
+        let text = config_text(&[("b", backend.addr, 100)], "", "scheduler = \"rr\"");
+        let process = start_process(&text, ephemeral_binder(), false).await;
+        let lb = Lb {
+            server: process.server.clone(),
+        };
+        (process, lb)
     })
 }
 
@@ -34,7 +37,7 @@ fn bench_proxy(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let lb = start(&rt);
+    let (_process, lb) = start(&rt);
     let addr = lb.addr("lb", 80);
     let payload = vec![0x5au8; MIB];
 
