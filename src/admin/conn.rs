@@ -4,7 +4,7 @@
 use super::evict::{Busy, Registered, Registry};
 use super::{dispatch, AdminState};
 use crate::accept::{self, AcceptBackoff};
-use crate::config::{self, defaults};
+use crate::config;
 use crate::limit::{ConnectionLimit, Permit};
 use crate::metrics as m;
 use std::sync::Arc;
@@ -28,17 +28,6 @@ pub struct AdminLimits {
     pub request_body_timeout: Duration,
     /// Admin connections open at once.
     pub max_connections: usize,
-}
-
-impl Default for AdminLimits {
-    fn default() -> Self {
-        let secs = |s: i64| Duration::from_secs(s.unsigned_abs());
-        AdminLimits {
-            request_header_timeout: secs(defaults::ADMIN_REQUEST_HEADER_TIMEOUT),
-            request_body_timeout: secs(defaults::ADMIN_REQUEST_BODY_TIMEOUT),
-            max_connections: usize::try_from(defaults::ADMIN_MAX_CONNECTIONS).unwrap_or(256),
-        }
-    }
 }
 
 impl From<&config::Admin> for AdminLimits {

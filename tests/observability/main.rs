@@ -33,7 +33,8 @@ pub async fn start_admin(state: Arc<AdminState>) -> SocketAddr {
     tokio::spawn(admin::serve(
         socket,
         state,
-        admin::AdminLimits::default(),
+        // The defaults, as a file without `[admin]` limits has them.
+        admin::AdminLimits::from(&parse("").admin),
         tokio_util::sync::CancellationToken::new(),
     ));
     addr

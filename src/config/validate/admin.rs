@@ -161,27 +161,17 @@ fn read_secret(
         Some(dir) if Path::new(path).is_relative() => dir.join(path),
         _ => Path::new(path).to_path_buf(),
     };
-    match std::fs::read_to_string(&full) {
-        Ok(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
-        Ok(_) => {
-            let why = format!("{} is empty", full.display());
-            errors.push(ConfigError::invalid(
-                "AccessKeySecretFile",
-                why,
-                table.get("access_key_secret_file").and_then(Item::span),
-            ));
-            None
-        }
-        Err(e) => {
-            let why = format!("cannot read {}: {e}", full.display());
-            errors.push(ConfigError::invalid(
-                "AccessKeySecretFile",
-                why,
-                table.get("access_key_secret_file").and_then(Item::span),
-            ));
-            None
-        }
-    }
+    let why = match std::fs::read_to_string(&full) {
+        Ok(s) if !s.trim().is_empty() => return Some(s.trim().to_string()),
+        Ok(_) => format!("{} is empty", full.display()),
+        Err(e) => format!("cannot read {}: {e}", full.display()),
+    };
+    errors.push(ConfigError::invalid(
+        "AccessKeySecretFile",
+        why,
+        table.get("access_key_secret_file").and_then(Item::span),
+    ));
+    None
 }
 
 /// `actions = ["ens:*", "ens:Describe*"]`.
