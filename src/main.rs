@@ -165,21 +165,19 @@ async fn serve(
     if let Some(banner) = banner {
         println!("{banner}");
     }
-    // SIGTERM drains after `drain_delay`; SIGINT (a person at a terminal) at once.
-    let delayed = loop {
+    // SIGTERM or SIGINT starts the drain (SPEC section 6: after `drain_delay`).
+    loop {
         tokio::select! {
-            _ = terminate.recv() => break true,
-            _ = interrupt.recv() => break false,
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
             _ = hangup.recv() => process.reload().await,
         }
-    };
+    }
     // During the delay, SIGINT or a second SIGTERM ends it early.
     let early = async {
-        if delayed {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = interrupt.recv() => {}
-            }
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
         }
     };
     process.drain(early).await;
