@@ -7,7 +7,7 @@ mod status;
 
 pub use conn::{serve, AdminLimits};
 pub use page::status_page;
-pub use status::status_json;
+pub use status::{mark_started, status_json};
 
 use crate::metrics as m;
 use crate::server::Server;

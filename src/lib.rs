@@ -7,6 +7,7 @@
 //!   with every API code and default; the shared words ([`config::ListenerKey`],
 //!   [`config::Scheduler`]).
 //! - [`warn_every`]: warnings rate-limited to one per period.
+//! - [`systemd`]: the `sd_notify` messages (`READY=1`, `MAINPID=`, reloads).
 //! - [`proxy_protocol`]: PROXY protocol v2 headers (`eip_transmit`).
 //! - [`splice`]: `splice(2)` through a pipe, for bulk transfers (Linux).
 //! - [`accept`]: taking connections off a listening socket, with the back-off on
@@ -31,6 +32,9 @@
 //!   status page for people), and the control API's route.
 //! - [`process`]: the process put together (recorder, admin server, workers,
 //!   listeners, control API, ready flag): what the binary, tests and benches start.
+//! - [`upgrade`]: the binary upgrade (SIGUSR2): the old process starts the new
+//!   binary and hands it every listening socket and the listeners' state over a
+//!   unix socket; the new one takes them and reports when it serves.
 //! - [`demo`]: the built-in backends of `edgelb demo`.
 pub mod accept;
 pub mod admin;
@@ -52,5 +56,7 @@ pub mod server;
 #[cfg(target_os = "linux")]
 pub mod splice;
 pub mod state;
+pub mod systemd;
+pub mod upgrade;
 pub mod warn_every;
 pub mod workers;

@@ -6,6 +6,7 @@ use crate::limit::ConnectionLimit;
 use crate::proxy;
 use crate::state::ListenerState;
 use socket2::{Domain, Protocol, Socket, Type};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +43,31 @@ pub type Binder = Arc<dyn Fn(SocketAddr) -> io::Result<std::net::TcpListener> + 
 
 pub fn default_binder() -> Binder {
     Arc::new(bind)
+}
+
+/// Listening sockets handed over by the process this one replaces (binary
+/// upgrade), by the address they were configured with: the listeners and the admin
+/// server take theirs instead of binding, so the very same sockets (and their
+/// accept queues) go on serving.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    sockets: HashMap<SocketAddr, Vec<std::net::TcpListener>>,
+}
+
+impl Inherited {
+    pub fn add(&mut self, configured: SocketAddr, socket: std::net::TcpListener) {
+        self.sockets.entry(configured).or_default().push(socket);
+    }
+
+    /// The sockets of `configured`, taken out (a later reload binds afresh).
+    pub fn take(&mut self, configured: SocketAddr) -> Option<Vec<std::net::TcpListener>> {
+        self.sockets.remove(&configured).filter(|s| !s.is_empty())
+    }
+
+    /// Sockets nobody took, by address (closed when this drops).
+    pub fn left(&self) -> Vec<(SocketAddr, usize)> {
+        self.sockets.iter().map(|(a, s)| (*a, s.len())).collect()
+    }
 }
 
 /// What every accept loop shares.

@@ -5,6 +5,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use edgelb::config::Config;
 use edgelb::demo;
 use edgelb::process::{Options, Process};
+use edgelb::systemd::Notifier;
+use edgelb::upgrade::{self, Upgrader};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tokio::signal::unix::{signal, SignalKind};
@@ -24,7 +27,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Validate FILE, bind every running listener, serve until SIGTERM/SIGINT
-    /// (SIGHUP reloads FILE).
+    /// (SIGHUP reloads FILE; SIGUSR2 upgrades to the binary now at this path).
     Run {
         /// The listener file (TOML).
         #[arg(short, long, value_name = "FILE")]
@@ -73,12 +76,19 @@ const EXIT_INVALID_CONFIG: u8 = 2;
 const EXIT_START_FAILURE: u8 = 1;
 
 fn main() -> ExitCode {
+    // How this process was started, before anything can replace the binary.
+    let upgrader = Upgrader::from_startup();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config, workers } => match Config::load(&config) {
-            Ok(loaded) => with_runtime(serve(config, loaded, None, workers.count())),
+            Ok(loaded) => {
+                let upgrader = upgrader
+                    .map_err(|e| tracing::warn!(error = %e, "binary upgrade unavailable: cannot tell this binary's path"))
+                    .ok();
+                with_runtime(serve(config, loaded, None, workers.count(), upgrader))
+            }
             Err(diagnostics) => {
                 for line in diagnostics.lines() {
                     eprintln!("{line}");
@@ -149,30 +159,75 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-/// Serves `config` until SIGTERM/SIGINT, reloading `path` on SIGHUP.
+/// Serves `config` until SIGTERM/SIGINT, reloading `path` on SIGHUP and, with an
+/// `upgrader`, upgrading on SIGUSR2 (started by an upgrade, it first takes over).
 async fn serve(
     path: PathBuf,
     config: Config,
     banner: Option<String>,
     workers: usize,
+    upgrader: Option<Upgrader>,
 ) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let mut user2 = signal(SignalKind::user_defined2()).context("cannot handle SIGUSR2")?;
+    let systemd = Notifier::from_env();
+    let mut inheritance =
+        upgrade::take_over().context("binary upgrade: cannot take over from the old process")?;
+    let mut options = Options::production(workers);
+    if let Some(inheritance) = &mut inheritance {
+        options.handover = inheritance.take_handover();
+    }
     let listeners = config.listeners.len();
-    let process = Process::start(path.clone(), config, Options::production(workers)).await?;
+    let process = Process::start(path.clone(), config, options).await?;
     tracing::info!(config = %path.display(), listeners, "edgelb running");
+    match inheritance {
+        // The main process from now on, before the old one can exit.
+        Some(inheritance) => {
+            systemd.took_over();
+            inheritance
+                .ready()
+                .context("binary upgrade: cannot tell the old process")?;
+        }
+        None => systemd.ready(),
+    }
     if let Some(banner) = banner {
         println!("{banner}");
     }
-    // SIGTERM or SIGINT starts the drain (SPEC section 6: after `drain_delay`).
-    loop {
+    // SIGTERM or SIGINT starts the drain (SPEC section 6: after `drain_delay`); a
+    // successful upgrade, the drain without it.
+    let mut upgrading = None;
+    let handed_over = loop {
         tokio::select! {
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-            _ = hangup.recv() => process.reload().await,
+            _ = terminate.recv() => break false,
+            _ = interrupt.recv() => break false,
+            _ = hangup.recv() => {
+                systemd.reloading();
+                process.reload().await;
+                systemd.reloaded();
+            }
+            _ = user2.recv() => match &upgrader {
+                _ if upgrading.is_some() => tracing::warn!("SIGUSR2 ignored: a binary upgrade is under way"),
+                Some(upgrader) => upgrading = Some(Box::pin(upgrader.run(&process))),
+                None => tracing::warn!("SIGUSR2 ignored: binary upgrade is for `edgelb run`"),
+            },
+            outcome = poll_some(&mut upgrading) => match outcome {
+                Some(pid) => {
+                    systemd.status(&format!("handed over to pid {pid}; draining"));
+                    break true;
+                }
+                None => upgrading = None,
+            },
         }
+    };
+    // Dropping an upgrade under way (SIGTERM meanwhile) kills its new process.
+    drop(upgrading);
+    if handed_over {
+        process.drain_handed_over().await;
+        return Ok(());
     }
+    systemd.stopping();
     // During the delay, SIGINT or a second SIGTERM ends it early.
     let early = async {
         tokio::select! {
@@ -196,7 +251,15 @@ async fn run_demo(workers: usize) -> anyhow::Result<()> {
     let config = Config::parse(&text, None)
         .map_err(|errors| anyhow::anyhow!("demo config invalid: {errors:?}"))?;
     let banner = demo::banner(port, admin_port, &path);
-    let result = serve(path.clone(), config, Some(banner), workers).await;
+    let result = serve(path.clone(), config, Some(banner), workers, None).await;
     let _ = std::fs::remove_file(&path);
     result
+}
+
+/// The output of the future in `slot`, if any; never ready while it is empty.
+async fn poll_some<F: Future + Unpin>(slot: &mut Option<F>) -> F::Output {
+    match slot {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
 }

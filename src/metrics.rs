@@ -23,6 +23,7 @@ pub const PERSISTENCE_ENTRIES: &str = "edgelb_persistence_entries";
 pub const CONNECTION_DURATION_SECONDS: &str = "edgelb_connection_duration_seconds";
 pub const BACKEND_CONNECT_SECONDS: &str = "edgelb_backend_connect_seconds";
 pub const CONFIG_RELOADS_TOTAL: &str = "edgelb_config_reloads_total";
+pub const UPGRADES_TOTAL: &str = "edgelb_upgrades_total";
 pub const ADMIN_REJECTED_CONNECTIONS_TOTAL: &str = "edgelb_admin_rejected_connections_total";
 pub const ADMIN_EVICTED_CONNECTIONS_TOTAL: &str = "edgelb_admin_evicted_connections_total";
 
@@ -44,6 +45,7 @@ pub const ALL: &[&str] = &[
     CONNECTION_DURATION_SECONDS,
     BACKEND_CONNECT_SECONDS,
     CONFIG_RELOADS_TOTAL,
+    UPGRADES_TOTAL,
     ADMIN_REJECTED_CONNECTIONS_TOTAL,
     ADMIN_EVICTED_CONNECTIONS_TOTAL,
 ];
@@ -112,6 +114,10 @@ pub fn describe() {
     );
     describe_counter!(CONFIG_RELOADS_TOTAL, "Listener file reloads, by result");
     describe_counter!(
+        UPGRADES_TOTAL,
+        "Binary upgrades (SIGUSR2): success counted by the new process, failure by the old one, which goes on serving"
+    );
+    describe_counter!(
         ADMIN_REJECTED_CONNECTIONS_TOTAL,
         "Admin connections closed at once because [admin] max_connections were open, all answering a request"
     );
@@ -122,6 +128,7 @@ pub fn describe() {
     // Process-wide series exist from the start, so a dashboard shows 0, not "no data".
     for result in ["success", "failure"] {
         counter!(CONFIG_RELOADS_TOTAL, "result" => result).absolute(0);
+        counter!(UPGRADES_TOTAL, "result" => result).absolute(0);
     }
     counter!(ADMIN_REJECTED_CONNECTIONS_TOTAL).absolute(0);
     counter!(ADMIN_EVICTED_CONNECTIONS_TOTAL).absolute(0);
@@ -273,6 +280,13 @@ impl BackendMetrics {
 pub fn config_reload(success: bool) {
     let result = if success { "success" } else { "failure" };
     counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(1);
+}
+
+/// A binary upgrade ended: `success` in the new process once it serves,
+/// `failure` in the old one, which goes on serving.
+pub fn upgrade(success: bool) {
+    let result = if success { "success" } else { "failure" };
+    counter!(UPGRADES_TOTAL, "result" => result).increment(1);
 }
 
 /// An admin connection closed at once: the admin cap was reached, every admin

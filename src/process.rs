@@ -7,7 +7,7 @@ use crate::api::{Control, ReloadError};
 use crate::config::Config;
 use crate::listener::{self, Binder};
 use crate::metrics;
-use crate::server::{BindError, Server};
+use crate::server::{BindError, Handover, Server};
 use crate::workers::Workers;
 use std::future::Future;
 use std::io;
@@ -38,6 +38,9 @@ pub struct Options {
     /// Install the process's Prometheus recorder (once per process; later starts
     /// reuse it) so `/metrics` answers.
     pub metrics: bool,
+    /// What the process this one replaces handed over (binary upgrade): listening
+    /// sockets (the admin server's among them) and listener states.
+    pub handover: Handover,
 }
 
 impl Options {
@@ -49,6 +52,7 @@ impl Options {
             workers: Some(workers),
             admin: AdminBind::FromConfig,
             metrics: true,
+            handover: Handover::default(),
         }
     }
 }
@@ -76,6 +80,8 @@ pub struct Process {
     pub admin: Arc<AdminState>,
     /// Where the admin server listens, if it runs.
     pub admin_addr: Option<SocketAddr>,
+    /// The admin server's configured address and a copy of its socket, to hand over.
+    admin_socket: Option<(SocketAddr, std::net::TcpListener)>,
     path: PathBuf,
     stop_admin: CancellationToken,
 }
@@ -87,8 +93,9 @@ impl Process {
     pub async fn start(
         path: PathBuf,
         config: Config,
-        options: Options,
+        mut options: Options,
     ) -> Result<Process, StartError> {
+        admin::mark_started();
         let prometheus = if options.metrics {
             Some(admin::recorder().map_err(|e| StartError::Recorder(format!("{e:#}")))?)
         } else {
@@ -101,11 +108,14 @@ impl Process {
         };
         let admin = Arc::new(AdminState::new(prometheus));
         let stop_admin = CancellationToken::new();
+        let mut admin_socket = None;
         let admin_addr = match address {
             Some(address) => {
-                let socket = tokio::net::TcpListener::bind(address)
+                let inherited = options.handover.sockets.take(address);
+                let socket = admin_listener(address, inherited)
                     .await
                     .map_err(|source| StartError::AdminBind { address, source })?;
+                admin_socket = socket_copy(&socket).map(|copy| (address, copy));
                 let bound = socket.local_addr().unwrap_or(address);
                 tracing::info!(address = %bound, "admin server listening");
                 let limits = admin::AdminLimits::from(&config.admin);
@@ -123,7 +133,12 @@ impl Process {
             Some(n) => Workers::spawn(n).map_err(StartError::Workers)?,
             None => Workers::current(),
         };
-        let server = Arc::new(Server::start(&config, options.binder, workers)?);
+        let server = Arc::new(Server::start_with(
+            &config,
+            options.binder,
+            workers,
+            options.handover,
+        )?);
         let control = Arc::new(Control::new(path.clone(), server.clone(), config));
         admin.set_server(server.clone());
         admin.set_control(control.clone());
@@ -133,9 +148,33 @@ impl Process {
             control,
             admin,
             admin_addr,
+            admin_socket,
             path,
             stop_admin,
         })
+    }
+
+    /// Copies of every listening socket (the admin server's too), by configured
+    /// address, for the process that replaces this one (binary upgrade).
+    pub fn listening_sockets(&self) -> io::Result<Vec<(SocketAddr, std::net::TcpListener)>> {
+        let mut sockets = self.server.listening_sockets()?;
+        if let Some((address, socket)) = &self.admin_socket {
+            sockets.push((*address, socket.try_clone()?));
+        }
+        Ok(sockets)
+    }
+
+    /// A binary upgrade succeeded: the new process serves every socket. This one
+    /// stops accepting at once (admin server included, so `/status` answers from
+    /// the new process only) and drains as SIGTERM does, without `drain_delay`.
+    /// Returns how many connections were cut at `drain_timeout`.
+    pub async fn drain_handed_over(&self) -> usize {
+        self.admin.ready.store(false, Ordering::Release);
+        self.stop_admin.cancel();
+        tracing::info!("handed over: listening sockets closed here, draining");
+        let cut = self.server.drain().await;
+        tracing::info!(closed_at_timeout = cut, "stopped");
+        cut
     }
 
     /// The listener file this process runs from.
@@ -196,6 +235,34 @@ impl Process {
     }
 }
 
+/// The admin server's socket: the inherited one (made non-blocking again), or a
+/// new bind.
+async fn admin_listener(
+    address: SocketAddr,
+    inherited: Option<Vec<std::net::TcpListener>>,
+) -> io::Result<tokio::net::TcpListener> {
+    match inherited.and_then(|s| s.into_iter().next()) {
+        Some(socket) => {
+            socket.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(socket)
+        }
+        None => tokio::net::TcpListener::bind(address).await,
+    }
+}
+
+/// A duplicate of `socket` kept for a hand-over; without one (no descriptor left)
+/// an upgrade could not hand the admin socket over, which it then reports.
+fn socket_copy(socket: &tokio::net::TcpListener) -> Option<std::net::TcpListener> {
+    use std::os::fd::AsFd;
+    match socket.as_fd().try_clone_to_owned() {
+        Ok(fd) => Some(std::net::TcpListener::from(fd)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot keep a copy of the admin socket: a binary upgrade would not hand it over");
+            None
+        }
+    }
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
         self.stop_admin.cancel();
@@ -229,6 +296,7 @@ mod tests {
             workers: None,
             admin: AdminBind::Off,
             metrics: false,
+            handover: Handover::default(),
         };
         (Process::start(path, config, options).await.unwrap(), dir)
     }

@@ -4,8 +4,8 @@
 use crate::config::{Config, Global, Listener, ListenerKey};
 use crate::health;
 use crate::limit::{self, ConnectionLimit};
-use crate::listener::{self, accept_loop, Binder, Shared};
-use crate::state::ListenerState;
+use crate::listener::{self, accept_loop, Binder, Inherited, Shared};
+use crate::state::{ListenerState, SavedListener};
 use crate::workers::Workers;
 use std::collections::HashMap;
 use std::io;
@@ -29,6 +29,19 @@ struct Accepting {
     configured: SocketAddr,
     local: SocketAddr,
     stop: CancellationToken,
+    /// A duplicate of each socket the accept loops own, to hand over in a binary
+    /// upgrade (dropped with this when the listener stops, so a stopped listener's
+    /// socket really closes).
+    sockets: Vec<std::net::TcpListener>,
+}
+
+/// What the process this one replaces hands over (binary upgrade): its listening
+/// sockets and each listener's state. [`Server::start_with`] takes them before any
+/// listener accepts.
+#[derive(Debug, Default)]
+pub struct Handover {
+    pub sockets: Inherited,
+    pub listeners: Vec<SavedListener>,
 }
 
 struct Entry {
@@ -60,6 +73,20 @@ impl Server {
     /// `SO_REUSEPORT` on the address it got). The rest (health checks, persistence
     /// purges) runs on the current runtime.
     pub fn start(config: &Config, binder: Binder, workers: Workers) -> Result<Server, BindError> {
+        Server::start_with(config, binder, workers, Handover::default())
+    }
+
+    /// As [`Server::start`], taking over what a replaced process handed over: a
+    /// listener whose configured address has inherited sockets accepts on them
+    /// (binding more only if there are fewer than workers), and each listener's
+    /// saved state is restored before it accepts. Sockets no listener takes close
+    /// here (the old process still holds its copies until it stops).
+    pub fn start_with(
+        config: &Config,
+        binder: Binder,
+        workers: Workers,
+        mut handover: Handover,
+    ) -> Result<Server, BindError> {
         let max = max_connections(config);
         let server = Server {
             shared: Arc::new(Shared {
@@ -74,7 +101,10 @@ impl Server {
                 checks: health::Checks::start(),
             }),
         };
-        server.apply(config)?;
+        server.apply_with(config, &mut handover)?;
+        for (address, sockets) in handover.sockets.left() {
+            tracing::info!(%address, sockets, "inherited socket of no running listener: closed");
+        }
         crate::memory::spawn_trimmer(server.shared.limit.clone());
         tracing::info!(max_connections = max, "connection limit");
         Ok(server)
@@ -88,6 +118,15 @@ impl Server {
     /// bind; removed or stopped ones close their socket while their connections run
     /// on. If a new socket cannot be bound, nothing changes.
     pub fn apply(&self, config: &Config) -> Result<(), BindError> {
+        self.apply_with(config, &mut Handover::default())
+    }
+
+    fn apply_with(&self, config: &Config, handover: &mut Handover) -> Result<(), BindError> {
+        let mut saved: HashMap<ListenerKey, SavedListener> =
+            std::mem::take(&mut handover.listeners)
+                .into_iter()
+                .map(|l| (ListenerKey::new(&l.load_balancer_id, l.listener_port), l))
+                .collect();
         let mut state = self.state();
         let state = &mut *state;
         let mut bound = HashMap::new();
@@ -97,12 +136,15 @@ impl Server {
             if current.is_some_and(|a| a.configured == l.bind) {
                 continue;
             }
-            let sockets = self.bind_all(l.bind).map_err(|source| BindError {
-                load_balancer_id: l.spec.load_balancer_id.clone(),
-                listener_port: l.spec.listener_port,
-                address: l.bind,
-                source,
-            })?;
+            let inherited = handover.sockets.take(l.bind);
+            let sockets = self
+                .bind_all(l.bind, inherited)
+                .map_err(|source| BindError {
+                    load_balancer_id: l.spec.load_balancer_id.clone(),
+                    listener_port: l.spec.listener_port,
+                    address: l.bind,
+                    source,
+                })?;
             bound.insert(key, sockets);
         }
         let global = Arc::new(config.global.clone());
@@ -129,6 +171,10 @@ impl Server {
                 accepting: None,
             });
             entry.state.update(l.clone(), &global);
+            if let Some(saved) = saved.remove(&key) {
+                let entries = entry.state.restore(saved);
+                tracing::info!(load_balancer_id = %key.load_balancer_id, listener = key.listener_port, persistence_entries = entries, "state taken over");
+            }
             state.checks.sync(&entry.state, l);
             if !l.is_running() {
                 stop_accepting(&key, entry);
@@ -141,13 +187,23 @@ impl Server {
     }
 
     /// One socket per worker: the first from the binder, the others on the address
-    /// it got (so port 0 works), sharing it through `SO_REUSEPORT`.
-    fn bind_all(&self, addr: SocketAddr) -> io::Result<Vec<std::net::TcpListener>> {
-        let first = (self.binder)(addr)?;
-        let local = first.local_addr()?;
-        let mut sockets = Vec::with_capacity(self.workers.count());
-        sockets.push(first);
-        for _ in 1..self.workers.count() {
+    /// it got (so port 0 works), sharing it through `SO_REUSEPORT`. Inherited
+    /// sockets come first and are all kept (each has its own accept queue, which
+    /// must go on being served); more are bound only up to one per worker.
+    fn bind_all(
+        &self,
+        addr: SocketAddr,
+        inherited: Option<Vec<std::net::TcpListener>>,
+    ) -> io::Result<Vec<std::net::TcpListener>> {
+        let mut sockets = match inherited {
+            Some(sockets) => sockets,
+            None => vec![(self.binder)(addr)?],
+        };
+        let local = match sockets.first() {
+            Some(first) => first.local_addr()?,
+            None => addr,
+        };
+        while sockets.len() < self.workers.count() {
             sockets.push(listener::bind(local)?);
         }
         Ok(sockets)
@@ -165,7 +221,20 @@ impl Server {
             .unwrap_or(configured);
         let stop = CancellationToken::new();
         tracing::info!(load_balancer_id = %listener.key.load_balancer_id, listener = listener.key.listener_port, address = %local, sockets = sockets.len(), "listening");
-        for (socket, worker) in sockets.into_iter().zip(self.workers.handles()) {
+        let kept = sockets
+            .iter()
+            .filter_map(|s| match s.try_clone() {
+                Ok(copy) => Some(copy),
+                Err(e) => {
+                    tracing::warn!(load_balancer_id = %listener.key.load_balancer_id, listener = listener.key.listener_port, error = %e, "cannot keep a copy of a listening socket: a binary upgrade would not hand it over");
+                    None
+                }
+            })
+            .collect();
+        // More sockets than workers (inherited from a process with more): each
+        // worker takes its share, so every accept queue is served.
+        let workers = self.workers.handles().iter().cycle();
+        for (socket, worker) in sockets.into_iter().zip(workers) {
             let (state, shared, stop) = (listener.clone(), self.shared.clone(), stop.clone());
             // Registered with the worker's own reactor, from the worker.
             worker.spawn(async move {
@@ -181,7 +250,30 @@ impl Server {
             configured,
             local,
             stop,
+            sockets: kept,
         }
+    }
+
+    /// A copy of every listening socket, by configured address, to hand to the
+    /// process replacing this one.
+    pub fn listening_sockets(&self) -> io::Result<Vec<(SocketAddr, std::net::TcpListener)>> {
+        let state = self.state();
+        let mut out = Vec::new();
+        for accepting in state
+            .listeners
+            .values()
+            .filter_map(|e| e.accepting.as_ref())
+        {
+            for socket in &accepting.sockets {
+                out.push((accepting.configured, socket.try_clone()?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every listener's state, to hand to the process replacing this one.
+    pub fn save(&self) -> Vec<SavedListener> {
+        self.listeners().iter().map(|l| l.save()).collect()
     }
 
     /// The address each accepting listener is bound to.

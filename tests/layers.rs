@@ -10,6 +10,7 @@ const LAYERS: &[&str] = &[
     // The shared vocabulary and leaf utilities.
     "config",
     "warn_every",
+    "systemd",
     "proxy_protocol",
     "splice",
     "accept",
@@ -32,6 +33,7 @@ const LAYERS: &[&str] = &[
     "api",
     "admin",
     "process",
+    "upgrade",
     "demo",
 ];
 

@@ -2,10 +2,11 @@
 //! taken from the runtimes (never from the metrics recorder).
 
 use crate::server::Server;
-use crate::state::ListenerState;
+use crate::state::{unix_millis, ListenerState};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
 
 /// One listener as `/status` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -97,8 +98,24 @@ fn listener_status(rt: &ListenerState, bound: Option<SocketAddr>) -> ListenerSta
     }
 }
 
-/// `/status`: `{"ready": bool, "listeners": [...]}` (no listeners before start-up).
+/// When this process started, Unix milliseconds: set by [`mark_started`].
+static STARTED_UNIX_MS: OnceLock<u64> = OnceLock::new();
+
+/// Records the process's start (the first call wins; `Process::start` calls it).
+pub fn mark_started() {
+    let _ = STARTED_UNIX_MS.get_or_init(unix_millis);
+}
+
+/// `/status`: `{"pid", "started_unix_ms", "ready", "listeners": [...]}` (no
+/// listeners before start-up). `pid` and `started_unix_ms` tell which process
+/// answers: after a binary upgrade, the new one.
 pub fn status_json(server: Option<&Server>, ready: bool) -> serde_json::Value {
     let listeners = server.map(collect).unwrap_or_default();
-    serde_json::json!({ "ready": ready, "listeners": listeners })
+    let started = *STARTED_UNIX_MS.get_or_init(unix_millis);
+    serde_json::json!({
+        "pid": std::process::id(),
+        "started_unix_ms": started,
+        "ready": ready,
+        "listeners": listeners,
+    })
 }

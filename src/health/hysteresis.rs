@@ -59,6 +59,29 @@ impl HealthState {
         }
     }
 
+    /// Carries on from a known state (a binary upgrade hands health and streak
+    /// over): as [`new`](Self::new), then `health` with `streak` opposite results
+    /// already counted. The next opposite result flips if the streak already
+    /// reaches its threshold, as after a lowered threshold.
+    pub fn resume(
+        healthy_threshold: u8,
+        unhealthy_threshold: u8,
+        health: Health,
+        streak: u8,
+    ) -> Self {
+        let mut state = HealthState::new(healthy_threshold, unhealthy_threshold);
+        state.health = health;
+        if health != Health::Unknown {
+            state.streak = streak;
+        }
+        state
+    }
+
+    /// Consecutive results against the current health so far.
+    pub fn streak(&self) -> u8 {
+        self.streak
+    }
+
     /// Current health.
     pub fn health(&self) -> Health {
         self.health
@@ -207,6 +230,30 @@ mod tests {
         let mut s = HealthState::new(2, 2);
         s.record(false);
         assert!(feed(&mut s, &[false; 20]).is_empty());
+    }
+
+    #[test]
+    fn resume_carries_the_streak_on() {
+        // Healthy with 2 of 3 failures counted: one more flips.
+        let mut s = HealthState::resume(3, 3, Health::Healthy, 2);
+        assert_eq!(s.streak(), 2);
+        assert_eq!(
+            s.record(false),
+            Some(Transition {
+                from: Health::Healthy,
+                to: Health::Unhealthy
+            })
+        );
+        // Unhealthy with 1 of 2 successes: a failure restarts the count.
+        let mut s = HealthState::resume(2, 2, Health::Unhealthy, 1);
+        assert_eq!(s.record(false), None);
+        assert_eq!(s.streak(), 0);
+        assert_eq!(s.record(true), None);
+        assert_eq!(s.streak(), 1);
+        // Unknown has no streak: the first probe decides.
+        let mut s = HealthState::resume(3, 3, Health::Unknown, 5);
+        assert_eq!(s.streak(), 0);
+        assert_eq!(s.record(true).map(|t| t.to), Some(Health::Healthy));
     }
 
     #[test]

@@ -200,7 +200,27 @@ impl Sweep {
                 target,
             } => {
                 let now = Instant::now();
-                let state = HealthState::new(target.healthy_threshold, target.unhealthy_threshold);
+                // A backend whose health is known (handed over by a binary upgrade)
+                // carries on with its streak and its next probe falls on the
+                // lattice; an unknown one is probed at once.
+                let state = HealthState::resume(
+                    target.healthy_threshold,
+                    target.unhealthy_threshold,
+                    backend.health(),
+                    backend.streak(),
+                );
+                let first = state.health() == Health::Unknown;
+                let at = if first {
+                    now
+                } else {
+                    let phase = phase(
+                        &listener.key.load_balancer_id,
+                        listener.key.listener_port,
+                        &backend.server_id,
+                        target.interval,
+                    );
+                    second_start(now, target.interval, phase, self.epoch)
+                };
                 self.targets.insert(
                     id,
                     Checked {
@@ -209,14 +229,14 @@ impl Sweep {
                         target,
                         state,
                         stage: Stage::Due {
-                            at: now,
+                            at,
                             prober: probe::Prober::default(),
                         },
                         last_start: now,
-                        first: true,
+                        first,
                     },
                 );
-                self.due.push(Reverse((now, id)));
+                self.due.push(Reverse((at, id)));
             }
             Command::Update { id, target } => {
                 let Some(checked) = self.targets.get_mut(&id) else {
@@ -349,9 +369,11 @@ impl Checked {
         if let Some(error) = &failure {
             tracing::debug!(load_balancer_id = %self.listener.key.load_balancer_id, listener = self.listener.key.listener_port, server_id = %self.backend.server_id, backend = %target.addr, %error, "health probe failed");
         }
-        if let Some(transition) = self.state.record(ok) {
+        let transition = self.state.record(ok);
+        if let Some(transition) = transition {
             self.apply(transition, failure.as_ref());
         }
+        self.backend.set_streak(self.state.streak());
     }
 
     fn apply(&self, t: Transition, failure: Option<&probe::ProbeError>) {

@@ -51,11 +51,13 @@
 //! never drift. The data path holds its placement in `proxy::Pinned`, which
 //! releases it when the connection ends by any path.
 
+mod saved;
 mod shard;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests;
 
+pub use saved::SavedEntry;
 use shard::Shard;
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
@@ -64,6 +66,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 const MAX_SHARDS: usize = 64;
+/// How far before its creation a table's clock starts: the longest
+/// `persistence_timeout`, so an entry handed over by a binary upgrade can be last
+/// used before the table existed.
+const EPOCH_BACKDATE: Duration = Duration::from_secs(3600);
 /// Fewer entries per shard than this and sharding hurts LRU accuracy more
 /// than it helps contention.
 const MIN_PER_SHARD: usize = 64;
@@ -134,7 +140,9 @@ impl PersistenceTable {
             shards,
             shard_mask: n - 1,
             shard_seed: RandomState::new().hash_one(0x5eed_u64),
-            epoch: Instant::now(),
+            epoch: Instant::now()
+                .checked_sub(EPOCH_BACKDATE)
+                .unwrap_or_else(Instant::now),
             timeout_nanos: AtomicU64::new(0),
             len: AtomicUsize::new(0),
         };

@@ -234,6 +234,36 @@ impl Shard {
         idx
     }
 
+    /// Calls `f(client, server, last_use, busy)` for every entry.
+    pub(super) fn for_each(&self, mut f: impl FnMut(IpAddr, &Arc<str>, u64, bool)) {
+        for (start, busy) in [(self.busy.head, true), (self.idle.head, false)] {
+            let mut idx = start;
+            while idx != NIL {
+                let n = &self.nodes[idx as usize];
+                f(n.client, &n.server, n.last_use, busy);
+                idx = n.next;
+            }
+        }
+    }
+
+    /// A handed-over idle entry (binary upgrade), last used at `last_use`; callers
+    /// restore oldest first, so the idle list stays sorted. False (nothing done)
+    /// when `client` already has an entry; may evict the LRU entry when full.
+    pub(super) fn restore(
+        &mut self,
+        client: IpAddr,
+        server: Arc<str>,
+        last_use: u64,
+    ) -> (bool, bool) {
+        if self.slot(client).is_some() {
+            return (false, false);
+        }
+        let evicted = self.evict_if_full();
+        self.clock = self.clock.max(last_use);
+        self.add(client, server, last_use);
+        (true, evicted)
+    }
+
     /// Drops every entry whose backend fails `keep`; returns how many.
     pub(super) fn retain(&mut self, keep: impl Fn(&str) -> bool) -> usize {
         let mut removed = 0;

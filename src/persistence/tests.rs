@@ -278,3 +278,67 @@ fn concurrent_use_keeps_bounds_and_exact_counts() {
     assert!(t.audit().iter().all(|e| e.2 == 0));
     assert!(t.len() <= 256);
 }
+
+#[test]
+fn saved_entries_come_back_with_their_remaining_time() {
+    let old = PersistenceTable::new(T, 100);
+    let t0 = Instant::now();
+    old.release(old.insert(ip(1), id("a"), t0), t0);
+    old.release(old.insert(ip(4), id("a"), t0), t0);
+    old.release(old.insert(ip(2), id("b"), t0), t0 + Duration::from_secs(4));
+    // Open on the old side: saved with the whole timeout.
+    let _busy = old.insert(ip(3), id("a"), t0);
+    let now = t0 + Duration::from_secs(6);
+    let mut saved = old.save(now);
+    saved.sort_by_key(|e| e.client);
+    let got: Vec<_> = saved
+        .iter()
+        .map(|e| (e.client, e.server_id.as_str(), e.remaining_ms))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (ip(1), "a", 4_000),
+            (ip(2), "b", 8_000),
+            (ip(3), "a", 10_000),
+            (ip(4), "a", 4_000)
+        ]
+    );
+
+    // The new process's table: unknown backends are dropped, the rest live exactly
+    // their remaining time from the hand-over.
+    let new = PersistenceTable::new(T, 100);
+    let later = Instant::now();
+    assert_eq!(new.restore(saved.clone(), later, |s| Some(id(s))), 4);
+    assert_eq!(new.purge_expired(later + Duration::from_millis(3_999)), 0);
+    assert_eq!(new.purge_expired(later + Duration::from_millis(4_000)), 2);
+    assert_eq!(new.purge_expired(later + Duration::from_millis(7_999)), 0);
+    assert_eq!(&**new.lookup(ip(2), later).unwrap().server_id(), "b");
+    new.audit();
+
+    let only_a = PersistenceTable::new(T, 100);
+    assert_eq!(
+        only_a.restore(saved, later, |s| (s == "a").then(|| id(s))),
+        3
+    );
+    assert!(only_a.lookup(ip(2), later).is_none());
+}
+
+#[test]
+fn restore_keeps_existing_clients_and_the_bound() {
+    let t = PersistenceTable::new(T, 2);
+    let now = Instant::now();
+    t.release(t.insert(ip(1), id("x"), now), now);
+    let saved = (1..=3)
+        .map(|n| SavedEntry {
+            client: ip(n),
+            server_id: "a".into(),
+            remaining_ms: 1_000 * u64::from(n),
+        })
+        .collect();
+    // ip(1) keeps "x"; ip(2) then ip(3) come in, and the bound of 2 evicts the LRU.
+    assert_eq!(t.restore(saved, now, |s| Some(id(s))), 2);
+    assert_eq!(t.len(), 2);
+    assert_eq!(t.audit().len(), 2);
+    assert_eq!(&**t.lookup(ip(3), now).unwrap().server_id(), "a");
+}

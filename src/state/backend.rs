@@ -34,6 +34,13 @@ impl Health {
         }
     }
 
+    /// The health named by [`Health::as_str`].
+    pub fn from_name(name: &str) -> Option<Health> {
+        [Health::Unknown, Health::Healthy, Health::Unhealthy]
+            .into_iter()
+            .find(|h| h.as_str() == name)
+    }
+
     fn from_u8(v: u8) -> Health {
         match v {
             1 => Health::Healthy,
@@ -81,6 +88,9 @@ pub struct BackendState {
     health: AtomicU8,
     /// When `health` last changed (or the backend appeared), as [`unix_millis`].
     last_change: AtomicU64,
+    /// Consecutive probe results against `health` so far (the hysteresis's count,
+    /// mirrored by the checks so a binary upgrade can hand it over).
+    streak: AtomicU8,
     pub metrics: BackendMetrics,
     /// Probe results so far.
     pub checks: CheckCounts,
@@ -96,6 +106,7 @@ impl BackendState {
             active: Arc::new(LiveCount::new()),
             health: AtomicU8::new(Health::Unknown as u8),
             last_change: AtomicU64::new(unix_millis()),
+            streak: AtomicU8::new(0),
             metrics,
             checks: CheckCounts::default(),
         }
@@ -105,13 +116,33 @@ impl BackendState {
         Health::from_u8(self.health.load(Ordering::Relaxed))
     }
 
-    /// Records a new health: the time of the change and the `healthy` gauge follow.
-    /// (Rebuilding the listener's view, when eligibility changed, is the caller's.)
+    /// Records a new health: the time of the change and the `healthy` gauge follow,
+    /// and the streak starts again. (Rebuilding the listener's view, when
+    /// eligibility changed, is the caller's.)
     pub fn set_health(&self, health: Health) {
+        self.restore(health, 0, unix_millis());
+    }
+
+    /// Takes on a health, streak and time of change handed over by the process
+    /// this one replaces (binary upgrade); [`set_health`](Self::set_health) with
+    /// the time and streak given.
+    pub fn restore(&self, health: Health, streak: u8, last_change_unix_ms: u64) {
         self.health.store(health as u8, Ordering::Relaxed);
-        self.last_change.store(unix_millis(), Ordering::Relaxed);
+        self.streak.store(streak, Ordering::Relaxed);
+        self.last_change
+            .store(last_change_unix_ms, Ordering::Relaxed);
         let up = if health.is_eligible() { 1.0 } else { 0.0 };
         self.metrics.healthy.set(up);
+    }
+
+    /// Consecutive probe results against the current health.
+    pub fn streak(&self) -> u8 {
+        self.streak.load(Ordering::Relaxed)
+    }
+
+    /// The checks record the hysteresis's count after each probe.
+    pub fn set_streak(&self, streak: u8) {
+        self.streak.store(streak, Ordering::Relaxed);
     }
 
     /// When the health last changed (or the backend appeared), Unix milliseconds.
@@ -146,6 +177,10 @@ mod tests {
         assert_eq!(Health::Unknown.as_str(), "unknown");
         assert_eq!(Health::Healthy.as_str(), "healthy");
         assert_eq!(Health::Unhealthy.to_string(), "unhealthy");
+        for h in [Health::Unknown, Health::Healthy, Health::Unhealthy] {
+            assert_eq!(Health::from_name(h.as_str()), Some(h));
+        }
+        assert_eq!(Health::from_name("up"), None);
     }
 
     #[test]
@@ -157,5 +192,12 @@ mod tests {
         assert_eq!(b.health(), Health::Unhealthy);
         assert!(!b.is_eligible());
         assert!(b.last_change_unix_ms() > 0);
+        b.restore(Health::Healthy, 2, 1_234);
+        assert_eq!(
+            (b.health(), b.streak(), b.last_change_unix_ms()),
+            (Health::Healthy, 2, 1_234)
+        );
+        b.set_health(Health::Unhealthy);
+        assert_eq!(b.streak(), 0, "a transition starts the count again");
     }
 }

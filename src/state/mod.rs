@@ -9,11 +9,14 @@
 //!
 //! - [`backend`]: [`Health`] and the [`BackendState`] that stores it.
 //! - [`view`]: the immutable [`ListenerView`].
+//! - [`saved`]: what a listener hands over in a binary upgrade, and takes back.
 
 mod backend;
+mod saved;
 mod view;
 
 pub use backend::{unix_millis, BackendState, CheckCounts, Health};
+pub use saved::{SavedBackend, SavedListener};
 pub use view::ListenerView;
 
 use crate::config::{self, Global, ListenerKey};

@@ -201,10 +201,14 @@ async fn healthz_is_503_until_every_running_listener_is_bound() {
     let (status, _, page) = http_get(admin, "/").await;
     assert_eq!(status, 200);
     assert!(page.contains("not ready"), "{page}");
-    assert_eq!(
-        http_get(admin, "/status").await.2,
-        r#"{"listeners":[],"ready":false}"#
-    );
+    let status: serde_json::Value =
+        serde_json::from_str(&http_get(admin, "/status").await.2).unwrap();
+    assert_eq!(status["listeners"], serde_json::json!([]));
+    assert_eq!(status["ready"], false);
+    // Which process answers, and since when (SPEC section 5).
+    assert_eq!(status["pid"], std::process::id());
+    let started = status["started_unix_ms"].as_u64().unwrap();
+    assert!(started > 1_600_000_000_000 && started <= edgelb::state::unix_millis());
     assert_eq!(
         http_get(admin, "/metrics").await.0,
         503,

@@ -273,6 +273,7 @@ pub async fn start_process(text: &str, binder: Binder, metrics: bool) -> Process
         workers: None,
         admin: AdminBind::At("127.0.0.1:0".parse().unwrap()),
         metrics,
+        handover: Default::default(),
     };
     Process::start(path, config, options).await.expect("start")
 }
