@@ -162,6 +162,31 @@ impl Daemon {
         }
     }
 
+    /// The leader's exit status once it has exited, without reaping it and without
+    /// stopping the rest of its group (a zombie leader keeps the group id ours).
+    pub fn peek_exit(&self) -> Option<ExitStatus> {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(status) = self.status {
+            return Some(status);
+        }
+        // SAFETY: a zeroed siginfo_t is valid; waitid only writes into it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+        // SAFETY: waitid on our own child, not reaped (WNOWAIT leaves it so).
+        let rc = unsafe { libc::waitid(libc::P_PID, self.pid(), &mut info, flags) };
+        assert_eq!(rc, 0, "waitid: {}", std::io::Error::last_os_error());
+        // SAFETY: si_pid and si_status are the fields waitid fills in.
+        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if pid == 0 {
+            return None;
+        }
+        // As a wait(2) status: exit code in the second byte, or the signal.
+        Some(match info.si_code {
+            libc::CLD_EXITED => ExitStatus::from_raw(status << 8),
+            _ => ExitStatus::from_raw(status & 0x7f),
+        })
+    }
+
     /// Whether the leader has exited, without reaping it: a zombie leader keeps the
     /// group id ours.
     fn leader_exited(&self) -> bool {

@@ -15,6 +15,9 @@ pub struct Edgelb {
     daemon: Daemon,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// The program started: the build's binary, or its copy in the temporary
+    /// directory ([`Options::copy_binary`]), which a test may replace.
+    pub binary: PathBuf,
 }
 
 /// How to start the binary.
@@ -26,6 +29,16 @@ pub struct Options {
     pub rust_log: Option<String>,
     /// `TOKIO_WORKER_THREADS`.
     pub workers: Option<usize>,
+    /// Run a copy of the binary in the temporary directory, so the test can put
+    /// another build (or a broken one) at its path, as an upgrade does.
+    pub copy_binary: bool,
+    /// More environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+/// The binary cargo built for the tests.
+pub fn built_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_edgelb"))
 }
 
 impl Edgelb {
@@ -34,12 +47,30 @@ impl Edgelb {
         let dir = super::temp_dir("proc");
         let config = dir.join("lb.toml");
         std::fs::write(&config, text).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgelb"));
+        let binary = if options.copy_binary {
+            let copy = dir.join("edgelb");
+            std::fs::copy(built_binary(), &copy).unwrap();
+            copy
+        } else {
+            built_binary()
+        };
+        let mut cmd = Command::new(&binary);
         cmd.arg("run")
             .arg("--config")
             .arg(&config)
             .stdout(Stdio::null());
-        Edgelb::spawn(cmd, dir, config, options)
+        Edgelb::spawn(cmd, dir, config, binary, options)
+    }
+
+    /// Puts `program` (bytes of an executable: another build, a script) at the
+    /// binary's path the way an install does: a new file renamed over the old, so
+    /// the running process keeps its own.
+    pub fn replace_binary(&self, program: &[u8]) {
+        use std::os::unix::fs::PermissionsExt;
+        let next = self.binary.with_extension("new");
+        std::fs::write(&next, program).unwrap();
+        std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&next, &self.binary).unwrap();
     }
 
     /// Starts the binary on `text` (a [`super::config_text`] file) with its listener
@@ -76,16 +107,23 @@ impl Edgelb {
     pub fn demo(options: Options) -> Edgelb {
         let dir = super::temp_dir("demo");
         let config = dir.join("lb.toml");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgelb"));
+        let mut cmd = Command::new(built_binary());
         cmd.arg("demo").stdout(Stdio::piped());
-        Edgelb::spawn(cmd, dir, config, options)
+        Edgelb::spawn(cmd, dir, config, built_binary(), options)
     }
 
     /// Runs `cmd` (stdout already chosen) with stdin closed and stderr to
     /// `dir/edgelb.log`.
-    fn spawn(mut cmd: Command, dir: PathBuf, config: PathBuf, options: Options) -> Edgelb {
+    fn spawn(
+        mut cmd: Command,
+        dir: PathBuf,
+        config: PathBuf,
+        binary: PathBuf,
+        options: Options,
+    ) -> Edgelb {
         let log = dir.join("edgelb.log");
         cmd.env("RUST_LOG", options.rust_log.as_deref().unwrap_or("info"))
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         if let Some(n) = options.workers {
@@ -111,6 +149,7 @@ impl Edgelb {
             daemon: Daemon::spawn_in(dir, &mut cmd),
             config,
             log,
+            binary,
         }
     }
 
@@ -146,6 +185,13 @@ impl Edgelb {
     /// child has not been reaped (by `is_running` or `wait_exit` seeing it exit).
     pub fn signal(&self, sig: i32) {
         self.daemon.signal(sig);
+    }
+
+    /// The exit status of the process started, once it has exited, without
+    /// reaping it or stopping its group: after a binary upgrade the group goes on
+    /// in the new process.
+    pub fn exit_status_leaving_group(&self) -> Option<ExitStatus> {
+        self.daemon.peek_exit()
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -207,4 +253,48 @@ pub fn raise_nofile() -> u64 {
         libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
     }
     rl.rlim_cur
+}
+
+/// Makes this process the reaper of its descendants' orphans
+/// (`PR_SET_CHILD_SUBREAPER`), so a process that a child started and outlived it
+/// (the new process of a binary upgrade) can be waited for with [`reap`].
+pub fn become_subreaper() {
+    // SAFETY: prctl with an integer argument; no memory is passed.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    assert_eq!(rc, 0, "prctl: {}", std::io::Error::last_os_error());
+}
+
+/// Waits up to `within` for `pid`, a child of this process (an orphan it reaps as
+/// subreaper), to exit; reaps it and returns its status. `None` if still running.
+pub fn reap(pid: u32, within: Duration) -> Option<ExitStatus> {
+    use std::os::unix::process::ExitStatusExt;
+    let deadline = Instant::now() + within;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into our integer.
+        let rc = unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+        assert!(
+            rc >= 0,
+            "waitpid({pid}): {}",
+            std::io::Error::last_os_error()
+        );
+        if rc == pid as i32 {
+            return Some(ExitStatus::from_raw(status));
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether `pid` is alive (a zombie is not).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(") ")
+                .map(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+        })
+        .unwrap_or(false)
 }

@@ -1,0 +1,388 @@
+//! Binary upgrade (SIGUSR2, SPEC section 6) on the real binary, run from a copy in
+//! a temporary directory that the tests replace: no connection refused or reset
+//! and no byte lost across upgrades, long streams finishing on the old process,
+//! health and persistence carried over, systemd told the new main pid, and failed
+//! upgrades (invalid file, a binary that exits, crashes or never serves) changing
+//! nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod failures;
+mod traffic;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::process::{self, Edgelb};
+use support::*;
+use tokio::io::AsyncReadExt;
+use traffic::{short_client, LongStream, Tally};
+
+/// The balancer under test: two listeners in front of backends `A`, `B` (healthy)
+/// and `S` (unhealthy: its health port is closed, its data port counts
+/// connections, which must stay 0).
+struct Setup {
+    lb: Edgelb,
+    /// `persistence_timeout = 600`.
+    web: SocketAddr,
+    /// No persistence: spread over the eligible backends.
+    plain: SocketAddr,
+    admin: SocketAddr,
+    sick: Backend,
+    _a: Backend,
+    _b: Backend,
+}
+
+async fn setup(env: Vec<(String, String)>) -> Setup {
+    process::become_subreaper();
+    let a = named_backend("A").await;
+    let b = named_backend("B").await;
+    // On 127.0.0.2, where nothing listens on the health port.
+    let sick = {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        serve_on(socket.listen(1024).unwrap(), |s| named_echo("S", s))
+    };
+    let health = serve(|_| async {}).await;
+    let (web, plain, admin) = (free_port(), free_port(), free_port());
+    let mut text = format!(
+        "[global]\ndrain_timeout = 60\n[admin]\naddress = \"127.0.0.1:{admin}\"\n\
+         [[load_balancers]]\nid = \"lb\"\naddress = \"127.0.0.1\"\n"
+    );
+    for (id, backend) in [("A", &a), ("B", &b), ("S", &sick)] {
+        text.push_str(&format!(
+            "[[load_balancers.backend_servers]]\nserver_id = \"{id}\"\nip = \"{}\"\nport = {}\n",
+            backend.addr.ip(),
+            backend.addr.port()
+        ));
+    }
+    for (port, persistence) in [(web, 600), (plain, 0)] {
+        text.push_str(&format!(
+            "[[listeners]]\nload_balancer_id = \"lb\"\nlistener_port = {port}\n\
+             persistence_timeout = {persistence}\nhealth_check_interval = 1\n\
+             health_check_connect_port = {}\n",
+            health.addr.port()
+        ));
+    }
+    let mut lb = Edgelb::start(
+        &text,
+        process::Options {
+            copy_binary: true,
+            env,
+            ..process::Options::default()
+        },
+    );
+    let (web, plain) = (
+        SocketAddr::from(([127, 0, 0, 1], web)),
+        SocketAddr::from(([127, 0, 0, 1], plain)),
+    );
+    lb.wait_listening(web);
+    lb.wait_listening(plain);
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin));
+    let setup = Setup {
+        lb,
+        web,
+        plain,
+        admin,
+        sick,
+        _a: a,
+        _b: b,
+    };
+    // Every backend decided before any traffic: S never takes a connection.
+    for _ in 0..500 {
+        if healths(&status(admin).await) == expected_healths(web, plain) {
+            return setup;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("backends never decided: {}", status(admin).await);
+}
+
+async fn status(admin: SocketAddr) -> serde_json::Value {
+    serde_json::from_str(&http_get(admin, "/status").await.2).unwrap()
+}
+
+/// (listener port, server id, health) of every backend.
+fn healths(status: &serde_json::Value) -> Vec<(u64, String, String)> {
+    let mut out = Vec::new();
+    for l in status["listeners"].as_array().into_iter().flatten() {
+        for b in l["backends"].as_array().into_iter().flatten() {
+            out.push((
+                l["listener_port"].as_u64().unwrap(),
+                b["server_id"].as_str().unwrap().to_string(),
+                b["health"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// When each backend's health last changed, in listener and backend order.
+fn last_changes(status: &serde_json::Value) -> Vec<u64> {
+    let mut out = Vec::new();
+    for l in status["listeners"].as_array().into_iter().flatten() {
+        for b in l["backends"].as_array().into_iter().flatten() {
+            out.push(b["last_change_unix_ms"].as_u64().unwrap());
+        }
+    }
+    out
+}
+
+fn expected_healths(web: SocketAddr, plain: SocketAddr) -> Vec<(u64, String, String)> {
+    let mut out = Vec::new();
+    for port in [web.port(), plain.port()] {
+        for (id, health) in [("A", "healthy"), ("B", "healthy"), ("S", "unhealthy")] {
+            out.push((u64::from(port), id.to_string(), health.to_string()));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn persistence_entries(status: &serde_json::Value, port: u16) -> u64 {
+    status["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["listener_port"] == port)
+        .unwrap()["persistence_entries"]
+        .as_u64()
+        .unwrap()
+}
+
+/// The value of a counter sample (`name{labels}`) in `/metrics`.
+async fn counter(admin: SocketAddr, sample: &str) -> u64 {
+    let text = http_get(admin, "/metrics").await.2;
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {sample} in:\n{text}"))
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill sends a signal; the pid is an edgelb process of this test that
+    // /status just named (alive).
+    let rc = unsafe { libc::kill(pid as i32, sig) };
+    assert_eq!(
+        rc,
+        0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// The first `/status` answered by another process than `old`.
+async fn wait_switch(admin: SocketAddr, old: u32, lb: &Edgelb) -> serde_json::Value {
+    for _ in 0..1000 {
+        let status = status(admin).await;
+        if status["pid"] != old {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no new process after SIGUSR2:\n{}", lb.log_text());
+}
+
+/// The backend a client from `ip` reaches through `addr`.
+async fn backend_of(ip: IpAddr, addr: SocketAddr) -> u8 {
+    let mut stream = connect_from(ip, addr).await;
+    let mut name = [0u8; 1];
+    stream.read_exact(&mut name).await.unwrap();
+    name[0]
+}
+
+/// The kernel's ids (inodes) of the sockets listening on 127.0.0.1 at each of
+/// `ports`, from `/proc/net/tcp`: the same sets before and after upgrades mean the
+/// very same sockets, never closed or bound again (a new socket gets a new inode).
+/// One read: the file lists every TIME_WAIT socket of the machine too, and reading
+/// it can take a second.
+fn listening_inodes(ports: &[u16]) -> Vec<std::collections::BTreeSet<u64>> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    ports
+        .iter()
+        .map(|port| {
+            let local = format!("0100007F:{port:04X}");
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    (f[1] == local && f[3] == "0A").then(|| f[9].parse().unwrap())
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The next sd_notify datagram.
+async fn next_notification(notify: &tokio::net::UnixDatagram) -> String {
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(REPLY_WITHIN, notify.recv(&mut buf))
+        .await
+        .expect("a notification")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// Short clients on both listeners until the returned flag is set.
+fn clients(
+    setup: &Setup,
+    tally: &Arc<Tally>,
+) -> (Arc<AtomicBool>, Vec<tokio::task::JoinHandle<()>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = (0..4)
+        .map(|i| {
+            let addr = if i % 2 == 0 { setup.web } else { setup.plain };
+            short_client(addr, i, stop.clone(), tally.clone())
+        })
+        .collect();
+    (stop, tasks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_upgrades_in_a_row_lose_nothing_and_carry_the_state_over() {
+    let dir = temp_dir("notify");
+    let notify_path = dir.join("notify.sock");
+    let notify = tokio::net::UnixDatagram::bind(&notify_path).unwrap();
+    let setup = setup(vec![(
+        "NOTIFY_SOCKET".into(),
+        notify_path.display().to_string(),
+    )])
+    .await;
+    let (admin, web) = (setup.admin, setup.web);
+    assert!(next_notification(&notify).await.starts_with("READY=1"));
+
+    // Clients pinned by persistence, one per source address.
+    let pinned: Vec<(IpAddr, u8)> = {
+        let mut out = Vec::new();
+        for n in 3..=5u8 {
+            let ip = IpAddr::from([127, 0, 0, n]);
+            out.push((ip, backend_of(ip, web).await));
+        }
+        out
+    };
+    let tally = Arc::new(Tally::default());
+    let (stop, tasks) = clients(&setup, &tally);
+    let ports = [web.port(), setup.plain.port(), admin.port()];
+    let sockets = listening_inodes(&ports);
+    // One per worker (two) on each listener, and the admin server's.
+    assert_eq!(
+        sockets.iter().map(|s| s.len()).collect::<Vec<_>>(),
+        [2, 2, 1]
+    );
+    let changes = last_changes(&status(admin).await);
+    let mut old = setup.lb.pid();
+    for round in 0..10u64 {
+        // Long streams accepted by the process about to be replaced.
+        let mut streams = Vec::new();
+        for s in 0..2 {
+            let stream = LongStream::open(web, round * 10 + s).await;
+            assert_ne!(stream.backend, b'S');
+            stream.rounds(2).await;
+            streams.push(stream);
+        }
+        // 127.0.0.1 (the clients and streams) and the three pinned clients, as
+        // the old process's gauge (refreshed every second) shows them.
+        let entries = 4;
+        for _ in 0..300 {
+            if persistence_entries(&status(admin).await, web.port()) == entries {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            persistence_entries(&status(admin).await, web.port()),
+            entries
+        );
+        signal(old, libc::SIGUSR2);
+        let now = wait_switch(admin, old, &setup.lb).await;
+        let new = u32::try_from(now["pid"].as_u64().unwrap()).unwrap();
+        // The first answer of the new process: the same health everywhere (no
+        // unknown, no probe needed: the time of the last change is the one the
+        // first process saw) and the same persistence entries.
+        assert_eq!(
+            healths(&now),
+            expected_healths(web, setup.plain),
+            "round {round}"
+        );
+        assert_eq!(last_changes(&now), changes, "round {round}");
+        assert_eq!(
+            persistence_entries(&now, web.port()),
+            entries,
+            "round {round}"
+        );
+        assert_eq!(
+            next_notification(&notify).await,
+            format!("MAINPID={new}\nREADY=1\nSTATUS=serving (took over by binary upgrade)")
+        );
+        // Then the old process, which has just heard the new one is ready.
+        assert_eq!(
+            next_notification(&notify).await,
+            format!("STATUS=handed over to pid {new}; draining")
+        );
+        // The streams go on, on the old process, which waits for them to end.
+        for stream in &streams {
+            stream.rounds(3).await;
+        }
+        assert!(
+            process::alive(old),
+            "round {round}: the old process left its streams"
+        );
+        for stream in streams {
+            let (sent, received) = stream.finish().await;
+            assert_eq!((sent, received), (5 * 16 * 1024, 5 * 16 * 1024));
+        }
+        let exit = if round == 0 {
+            let mut status = None;
+            for _ in 0..2000 {
+                status = setup.lb.exit_status_leaving_group();
+                if status.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            status
+        } else {
+            tokio::task::spawn_blocking(move || process::reap(old, Duration::from_secs(20)))
+                .await
+                .unwrap()
+        };
+        let exit = exit.unwrap_or_else(|| panic!("round {round}: the old process did not exit"));
+        assert!(
+            exit.success(),
+            "round {round}: the old process exited with {exit}"
+        );
+        for &(ip, backend) in &pinned {
+            assert_eq!(
+                backend_of(ip, web).await,
+                backend,
+                "{ip} moved in round {round}"
+            );
+        }
+        old = new;
+    }
+    assert_eq!(
+        listening_inodes(&ports),
+        sockets,
+        "not the same listening sockets after the upgrades"
+    );
+    stop.store(true, Ordering::SeqCst);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    tally.assert_clean(100);
+    assert_eq!(
+        setup.sick.accepted(),
+        0,
+        "the unhealthy backend got traffic"
+    );
+    // The serving process counted its own upgrade; counters start again in each.
+    assert_eq!(
+        counter(admin, "edgelb_upgrades_total{result=\"success\"}").await,
+        1
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
