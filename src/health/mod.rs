@@ -27,6 +27,10 @@
 //!   decides. A loop that stops leaves its backend unknown likewise.
 //! - A reload keeps each remaining backend's health and streak; changed settings
 //!   (thresholds, interval, timeout, probe kind, target) apply from the next probe.
+//! - A binary upgrade hands each backend's health and streak to the new process
+//!   (mirrored in [`BackendState`] after every probe): its checks carry on from
+//!   them, with the first probe on the target's slot of the interval rather than at
+//!   once (the health is known; an immediate probe would only double the rate).
 
 pub mod hysteresis;
 pub mod probe;

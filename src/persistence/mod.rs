@@ -10,6 +10,10 @@
 //!
 //! Time is passed in as [`Instant`] so tests need no sleeping.
 //!
+//! [`PersistenceTable::save`] and [`PersistenceTable::restore`] (in `saved.rs`)
+//! carry the live entries, with their remaining time, to the process that
+//! replaces this one in a binary upgrade.
+//!
 //! # Lifetime of an entry
 //! - An entry never expires while connections it placed are open.
 //! - It expires `timeout` after its last use (a placement or a release), i.e.
