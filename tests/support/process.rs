@@ -26,6 +26,9 @@ pub struct Options {
     pub rust_log: Option<String>,
     /// `TOKIO_WORKER_THREADS`.
     pub workers: Option<usize>,
+    /// A network namespace to run in (`ip netns exec NS edgelb ...`, which execs
+    /// edgelb itself: the guard's pid is edgelb's).
+    pub netns: Option<String>,
 }
 
 impl Edgelb {
@@ -34,7 +37,14 @@ impl Edgelb {
         let dir = super::temp_dir("proc");
         let config = dir.join("lb.toml");
         std::fs::write(&config, text).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgelb"));
+        let mut cmd = match &options.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_edgelb")]);
+                cmd
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_edgelb")),
+        };
         cmd.arg("run")
             .arg("--config")
             .arg(&config)

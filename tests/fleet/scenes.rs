@@ -1,0 +1,474 @@
+//! The fleet's scenes in order: spread, `sch` agreement over a port-hashing router,
+//! a drain with `drain_delay`, edgelb killed, a node crashed (BFD), each node back.
+
+use crate::daemons::{self, Node, Router};
+use crate::net::{self, NODES};
+use crate::traffic::{self, Load, Record, RouteWatch};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
+
+/// After edgelb is killed alone, its watcher withdraws the route: new connections
+/// fail (the node's kernel refuses them) for at most this long.
+const WATCHER_FAILOVER: Duration = Duration::from_millis(1500);
+/// After a whole node vanishes, BFD (3 x 100 ms) drops it: new connections are
+/// delayed (their SYN to the dead node is retried) for at most this long.
+const BFD_FAILOVER: Duration = Duration::from_millis(1500);
+/// A connection slower than this counts as hit by a failover.
+const SLOW: Duration = Duration::from_millis(500);
+
+pub async fn run(client: &Handle, routes: &RouteWatch, nodes: &mut [Node], router: &Router) {
+    let started = Instant::now();
+    wait_route(routes, nodes, router, &[1, 2, 3], Duration::from_secs(30)).await;
+    println!(
+        "fleet: all 3 nodes announced {:?} after start",
+        started.elapsed()
+    );
+    let mut all = Vec::new();
+
+    // Routers hashing on addresses only: one client, one node.
+    let by_address = traffic::rounds(client, 3).await;
+    assert_all_served(&by_address, "fib_multipath_hash_policy = 0");
+    let per_node = spread(&by_address);
+    let per_client = nodes_per_client(&by_address);
+    println!("fleet: policy 0: connections per node {per_node:?}");
+    assert!(
+        per_client.values().all(|n| n.len() == 1),
+        "with fib_multipath_hash_policy = 0 each client reaches one node: {per_client:?}"
+    );
+    all.extend(by_address);
+
+    // 1 and 2: hashing on ports too.
+    net::sysctl(net::ROUTER, "net.ipv4.fib_multipath_hash_policy", "1");
+    let by_port = traffic::rounds(client, 6).await;
+    assert_all_served(&by_port, "fib_multipath_hash_policy = 1");
+    let spread = spread(&by_port);
+    println!(
+        "fleet: policy 1: connections per node {spread:?} of {}",
+        by_port.len()
+    );
+    for n in 1..=NODES {
+        let share = spread.get(&n).copied().unwrap_or(0) as f64 / by_port.len() as f64;
+        assert!(
+            share >= 0.10,
+            "node {n} served {share:.3} of the connections: {spread:?}"
+        );
+    }
+    let several = nodes_per_client(&by_port)
+        .values()
+        .filter(|n| n.len() >= 2)
+        .count();
+    println!(
+        "fleet: policy 1: {several} of {} clients reached 2 or more nodes",
+        net::CLIENTS
+    );
+    assert!(
+        several > net::CLIENTS / 2,
+        "only {several} clients reached several nodes"
+    );
+    all.extend(by_port);
+    assert_sch_agrees(&all);
+
+    all.extend(drain(client, routes, &mut nodes[0]).await);
+    all.extend(back(client, routes, nodes, router, 1).await);
+    all.extend(kill_edgelb(client, routes, &mut nodes[1]).await);
+    all.extend(back(client, routes, nodes, router, 2).await);
+    all.extend(crash(client, routes, &mut nodes[2]).await);
+    all.extend(back(client, routes, nodes, router, 3).await);
+    assert_sch_agrees(&all);
+    println!(
+        "fleet: {} connections in all, {:?}",
+        all.len(),
+        started.elapsed()
+    );
+}
+
+/// 3: SIGTERM with drain_delay = 5 under load; the route loses the node before
+/// its listeners close; no new connection fails; long-lived ones finish normally.
+async fn drain(client: &Handle, routes: &RouteWatch, node: &mut Node) -> Vec<Record> {
+    let long = long_lived(client, node.n, 4).await;
+    let load = Load::start(client, Duration::from_millis(5));
+    wait_count(&load, 50).await;
+    let term = Instant::now();
+    node.edgelb().signal(libc::SIGTERM);
+    let closed = wait_log(node, "stopped listening", Duration::from_secs(10)).await;
+    let closed_at = crate::log_time(&closed);
+    let (withdrawn, withdrawn_at) = routes
+        .first_after(term, |s| !s.contains(&node.n))
+        .unwrap_or_else(|| {
+            panic!(
+                "the route kept node {} until it closed:\n{}",
+                node.n,
+                node.logs()
+            )
+        });
+    let margin = closed_at.duration_since(withdrawn_at).unwrap_or_else(|_| {
+        panic!(
+            "node {} closed its listeners before the router dropped it",
+            node.n
+        )
+    });
+    println!(
+        "fleet: drain: route withdrawn {:?} after SIGTERM, {margin:?} before the listeners closed",
+        withdrawn - term
+    );
+    // Traffic after the close too, then the long-lived connections end.
+    let count = load.count();
+    wait_count(&load, count + 50).await;
+    long.finish.store(true, Ordering::Relaxed);
+    for task in long.tasks {
+        let pings = task.await.unwrap().unwrap_or_else(|e| {
+            panic!(
+                "a long-lived connection to the draining node failed: {e}\n{}",
+                node.logs()
+            )
+        });
+        assert!(pings >= 10, "only {pings} round trips");
+    }
+    let status = node.edgelb().wait_exit(Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "drain ended with {status}:\n{}",
+        node.logs()
+    );
+    let records = load.stop().await;
+    let failed: Vec<_> = records.iter().filter(|r| r.outcome.is_err()).collect();
+    let late = records
+        .iter()
+        .filter(|r| r.start > term && served_by(r) == Some(node.n))
+        .count();
+    println!(
+        "fleet: drain: {} new connections, {} failed, {late} served by the draining node after SIGTERM; 4 long-lived finished",
+        records.len(),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "connections failed during the drain: {failed:#?}"
+    );
+    node.edgelb = None;
+    records
+}
+
+/// 4a: edgelb alone SIGKILLed: its watcher sees the refusal and withdraws.
+async fn kill_edgelb(client: &Handle, routes: &RouteWatch, node: &mut Node) -> Vec<Record> {
+    let load = Load::start(client, Duration::from_millis(5));
+    wait_count(&load, 50).await;
+    let kill = Instant::now();
+    node.edgelb().signal(libc::SIGKILL);
+    let n = node.n;
+    wait_gone(routes, n, kill, node).await;
+    let (withdrawn, _) = routes.first_after(kill, |s| !s.contains(&n)).unwrap();
+    let count = load.count();
+    wait_count(&load, count + 100).await;
+    let records = load.stop().await;
+    node.edgelb = None;
+    let hit = hit_after(&records, kill, false);
+    println!(
+        "fleet: edgelb killed on node {n}: route withdrawn after {:?}; of {} new connections {} failed, the last started {:?} after the kill",
+        withdrawn - kill,
+        records.iter().filter(|r| r.start >= kill).count(),
+        hit.len(),
+        hit.last().map(|r| r.start - kill)
+    );
+    assert_within(&hit, kill, WATCHER_FAILOVER, "after edgelb was killed");
+    records
+}
+
+/// 4b: the whole node gone at once (packets dropped, every daemon SIGKILLed):
+/// the router's BFD notices.
+async fn crash(client: &Handle, routes: &RouteWatch, node: &mut Node) -> Vec<Record> {
+    let load = Load::start(client, Duration::from_millis(5));
+    wait_count(&load, 50).await;
+    let crash = Instant::now();
+    node.crash();
+    let n = node.n;
+    wait_gone(routes, n, crash, node).await;
+    let (withdrawn, _) = routes.first_after(crash, |s| !s.contains(&n)).unwrap();
+    let count = load.count();
+    wait_count(&load, count + 100).await;
+    let records = load.stop().await;
+    let hit = hit_after(&records, crash, true);
+    let failed = hit.iter().filter(|r| r.outcome.is_err()).count();
+    println!(
+        "fleet: node {n} crashed: route withdrawn after {:?} (BFD); of {} new connections {failed} failed and {} took over {SLOW:?} (at most {:?}: their SYN to the dead node was retried), the last started {:?} after the crash",
+        withdrawn - crash,
+        records.iter().filter(|r| r.start >= crash).count(),
+        hit.len() - failed,
+        hit.iter().map(|r| r.took).max(),
+        hit.last().map(|r| r.start - crash)
+    );
+    assert_within(&hit, crash, BFD_FAILOVER, "after the node crashed");
+    records
+}
+
+/// 5: node `n` back (edgelb restarted, or the whole node after a crash): it
+/// announces again and gets new connections again.
+async fn back(
+    client: &Handle,
+    routes: &RouteWatch,
+    nodes: &mut [Node],
+    router: &Router,
+    n: usize,
+) -> Vec<Record> {
+    let node = &mut nodes[n - 1];
+    let start = Instant::now();
+    if node.bird.is_none() {
+        node.recover();
+    } else {
+        node.start_edgelb();
+    }
+    wait_route(routes, nodes, router, &[1, 2, 3], Duration::from_secs(20)).await;
+    let announced = start.elapsed();
+    let records = traffic::rounds(client, 2).await;
+    assert_all_served(&records, "after a node came back");
+    let spread = spread(&records);
+    println!("fleet: node {n} back: announced {announced:?} after its start; connections per node {spread:?}");
+    let share = spread.get(&n).copied().unwrap_or(0) as f64 / records.len() as f64;
+    assert!(
+        share >= 0.10,
+        "node {n} got {share:.3} of the connections after coming back: {spread:?}"
+    );
+    records
+}
+
+/// Connections that failed (or, with `slow`, took longer than [`SLOW`]) among
+/// those started after `since`, by start.
+fn hit_after(records: &[Record], since: Instant, slow: bool) -> Vec<Record> {
+    let mut hit: Vec<Record> = records
+        .iter()
+        .filter(|r| r.start >= since && (r.outcome.is_err() || (slow && r.took > SLOW)))
+        .cloned()
+        .collect();
+    hit.sort_by_key(|r| r.start);
+    hit
+}
+
+fn assert_within(hit: &[Record], since: Instant, bound: Duration, what: &str) {
+    let late: Vec<_> = hit.iter().filter(|r| r.start - since > bound).collect();
+    assert!(
+        late.is_empty(),
+        "new connections still failing {bound:?} {what}: {late:#?}"
+    );
+}
+
+/// Long-lived connections served by node `n`, each pinging every 100 ms until
+/// told to finish; each task gives its number of round trips.
+struct LongLived {
+    finish: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Result<u32, String>>>,
+}
+
+async fn long_lived(client: &Handle, n: usize, count: usize) -> LongLived {
+    let finish = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..net::CLIENTS * 4 {
+        if tasks.len() == count {
+            break;
+        }
+        let (stream, served) = client
+            .spawn(traffic::open(c % net::CLIENTS))
+            .await
+            .unwrap()
+            .unwrap();
+        if served.node != n {
+            continue;
+        }
+        let finish = finish.clone();
+        tasks.push(client.spawn(async move {
+            let mut stream = stream;
+            let mut pings = 0;
+            loop {
+                let last = finish.load(Ordering::Relaxed);
+                traffic::round_trip(&mut stream, b"long-lived ping\n").await?;
+                pings += 1;
+                if last {
+                    traffic::finish(&mut stream).await?;
+                    return Ok(pings);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }));
+    }
+    assert_eq!(tasks.len(), count, "too few connections landed on node {n}");
+    LongLived { finish, tasks }
+}
+
+fn served_by(r: &Record) -> Option<usize> {
+    r.outcome.as_ref().ok().map(|s| s.node)
+}
+
+fn spread(records: &[Record]) -> BTreeMap<usize, usize> {
+    let mut spread = BTreeMap::new();
+    for n in records.iter().filter_map(served_by) {
+        *spread.entry(n).or_insert(0) += 1;
+    }
+    spread
+}
+
+fn nodes_per_client(records: &[Record]) -> BTreeMap<usize, BTreeSet<usize>> {
+    let mut map: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
+    for r in records {
+        if let Some(n) = served_by(r) {
+            map.entry(r.client).or_default().insert(n);
+        }
+    }
+    map
+}
+
+fn assert_all_served(records: &[Record], what: &str) {
+    let failed: Vec<_> = records.iter().filter(|r| r.outcome.is_err()).collect();
+    assert!(failed.is_empty(), "{what}: connections failed: {failed:#?}");
+}
+
+/// `sch`: every client address reached one backend, whichever node served it.
+fn assert_sch_agrees(records: &[Record]) {
+    let mut backends: BTreeMap<usize, BTreeSet<&str>> = BTreeMap::new();
+    for r in records {
+        if let Ok(s) = &r.outcome {
+            backends.entry(r.client).or_default().insert(&s.backend);
+        }
+    }
+    let split: Vec<_> = backends.iter().filter(|(_, b)| b.len() > 1).collect();
+    let served = records.iter().filter(|r| r.outcome.is_ok()).count();
+    println!(
+        "fleet: sch: {} clients, {served} connections, {} clients reached more than one backend",
+        backends.len(),
+        split.len()
+    );
+    assert!(
+        split.is_empty(),
+        "sch sent a client to several backends: {split:?}"
+    );
+}
+
+async fn wait_count(load: &Load, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while load.count() < n {
+        assert!(
+            Instant::now() < deadline,
+            "the clients made only {} connections",
+            load.count()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn wait_route(
+    routes: &RouteWatch,
+    nodes: &[Node],
+    router: &Router,
+    want: &[usize],
+    within: Duration,
+) {
+    if !routes.wait_for(want, within).await {
+        let logs: Vec<String> = nodes.iter().map(Node::logs).collect();
+        panic!(
+            "the router's route never became {want:?} (it is {:?})\n--- router bird:\n{}\n{}",
+            routes.now(),
+            daemons::read(&router.dir.join("bird.log")),
+            logs.join("\n")
+        );
+    }
+}
+
+async fn wait_gone(routes: &RouteWatch, n: usize, since: Instant, node: &Node) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while routes.first_after(since, |s| !s.contains(&n)).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the route kept node {n}:\n{}",
+            node.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The first line of node's edgelb log containing `text`, waiting for it.
+async fn wait_log(node: &Node, text: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let log = node
+            .edgelb
+            .as_ref()
+            .map(|e| e.log_text())
+            .unwrap_or_default();
+        if let Some(line) = log.lines().find(|l| l.contains(text)) {
+            return line.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} in the log:\n{}",
+            node.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Bad set-ups: a namespace left over, no BIRD where the watcher looks, a router
+/// that cannot be reached.
+pub async fn bad_set_ups() {
+    let name = "elbf-lone".to_string();
+    net::remove_leftover(&name);
+    // A killed run's leftover: the namespace with a process still in it.
+    net::run(std::process::Command::new("ip").args(["netns", "add", &name]));
+    let mut orphan = std::process::Command::new("ip")
+        .args(["netns", "exec", &name, "sleep", "600"])
+        .spawn()
+        .unwrap();
+    while net::run(std::process::Command::new("ip").args(["netns", "pids", &name]))
+        .trim()
+        .is_empty()
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let message = net::remove_leftover(&name).expect("the leftover is found");
+    assert!(message.contains(&orphan.id().to_string()), "{message}");
+    assert!(!orphan.wait().unwrap().success());
+
+    let _spaces = net::Namespaces::create(std::slice::from_ref(&name));
+    let mut node = Node::lone(&name);
+    let said = |node: &Node, text: &str| daemons::read(&node.watch_log()).contains(text);
+    wait_for(
+        || said(&node, "cannot reach BIRD at"),
+        "the watcher to say BIRD is missing",
+        &node,
+    )
+    .await;
+    assert!(said(&node, "is bird running? Debian's package is bird2"));
+    node.start_bird_towards(Ipv4Addr::new(10, 88, 250, 1), Ipv4Addr::new(10, 88, 250, 2));
+    wait_for(
+        || said(&node, "BIRD answers again"),
+        "the watcher to find BIRD",
+        &node,
+    )
+    .await;
+    wait_for(
+        || {
+            said(&node, "BGP session not established")
+                && said(&node, "router1 to 10.88.250.1 is Idle")
+        },
+        "the watcher to report the unreachable router",
+        &node,
+    )
+    .await;
+    println!(
+        "fleet: bad set-ups:\n{message}\n{}",
+        daemons::read(&node.watch_log())
+    );
+}
+
+async fn wait_for(mut cond: impl FnMut() -> bool, what: &str, node: &Node) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}:\n{}",
+            node.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
