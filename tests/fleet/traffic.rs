@@ -253,6 +253,15 @@ impl RouteWatch {
         }
     }
 
+    /// Every change so far, as (time since `origin`, nodes): for failure messages.
+    pub fn history(&self, origin: Instant) -> Vec<(Duration, BTreeSet<usize>)> {
+        let changes = self.changes.lock().unwrap();
+        changes
+            .iter()
+            .map(|c| (c.0.saturating_duration_since(origin), c.2.clone()))
+            .collect()
+    }
+
     /// The route's nodes now.
     pub fn now(&self) -> BTreeSet<usize> {
         self.changes
