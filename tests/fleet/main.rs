@@ -39,6 +39,7 @@ pub fn preflight() {
 #[test]
 fn fleet_of_three_nodes_behind_ecmp() {
     preflight();
+    let _lock = net::Lock::take("fleet");
     let _spaces = net::build();
     let backend_rt = net::runtime_in(net::BACKEND, 1);
     backend_rt
@@ -75,6 +76,7 @@ fn bad_set_ups_are_reported_clearly() {
 /// Bad set-ups: a namespace left over, no BIRD where the watcher looks, a router
 /// that cannot be reached.
 async fn bad_set_ups() {
+    let _lock = net::Lock::take("lone");
     let name = "elbf-lone".to_string();
     net::remove_leftover(&name);
     // A killed run's leftover: the namespace with a process still in it.

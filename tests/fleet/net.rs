@@ -128,6 +128,30 @@ pub fn sysctl(ns: &str, key: &str, value: &str) {
     });
 }
 
+/// The right to a set of namespace names, across processes: two runs at once (two
+/// checkouts testing on one machine) would take each other's namespaces for
+/// leftovers. A killed run's lock goes with it, so what is left over once the
+/// lock is ours is from a dead run.
+pub struct Lock {
+    _file: std::fs::File,
+}
+
+impl Lock {
+    pub fn take(tag: &str) -> Lock {
+        let path = std::env::temp_dir().join(format!("elbf-{tag}.lock"));
+        let file = std::fs::File::create(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        // SAFETY: flock on a descriptor we own.
+        let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        if !free {
+            eprintln!("fleet: another run holds {path:?}; waiting for it to end");
+            // SAFETY: as above; blocks until the other run ends.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            assert_eq!(rc, 0, "flock {path:?}: {}", std::io::Error::last_os_error());
+        }
+        Lock { _file: file }
+    }
+}
+
 /// Namespaces that exist while this lives; removed on drop.
 pub struct Namespaces {
     names: Vec<String>,

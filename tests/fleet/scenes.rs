@@ -98,7 +98,7 @@ async fn drain(client: &Handle, routes: &RouteWatch, node: &mut Node) -> Vec<Rec
     node.edgelb().signal(libc::SIGTERM);
     let closed = wait_log(node, "stopped listening", Duration::from_secs(10)).await;
     let closed_at = crate::log_time(&closed);
-    let (withdrawn, withdrawn_at) = routes
+    let withdrawn = routes
         .first_after(term, |s| !s.contains(&node.n))
         .unwrap_or_else(|| {
             panic!(
@@ -107,15 +107,18 @@ async fn drain(client: &Handle, routes: &RouteWatch, node: &mut Node) -> Vec<Rec
                 node.logs()
             )
         });
-    let margin = closed_at.duration_since(withdrawn_at).unwrap_or_else(|_| {
-        panic!(
-            "node {} closed its listeners before the router dropped it",
-            node.n
-        )
-    });
+    // The end of the look that saw the route change: the latest it can have been.
+    let margin = closed_at
+        .duration_since(withdrawn.seen_wall)
+        .unwrap_or_else(|_| {
+            panic!(
+                "node {} closed its listeners before the router dropped it",
+                node.n
+            )
+        });
     println!(
         "fleet: drain: route withdrawn {:?} after SIGTERM, {margin:?} before the listeners closed",
-        withdrawn - term
+        withdrawn.asked.saturating_duration_since(term)
     );
     // Traffic after the close too, then the long-lived connections end.
     let count = load.count();
@@ -163,7 +166,7 @@ async fn kill_edgelb(client: &Handle, routes: &RouteWatch, node: &mut Node) -> V
     node.edgelb().signal(libc::SIGKILL);
     let n = node.n;
     wait_gone(routes, n, kill, node).await;
-    let (withdrawn, _) = routes.first_after(kill, |s| !s.contains(&n)).unwrap();
+    let withdrawn = routes.first_after(kill, |s| !s.contains(&n)).unwrap();
     let count = load.count();
     wait_count(&load, count + 100).await;
     let records = load.stop().await;
@@ -171,7 +174,7 @@ async fn kill_edgelb(client: &Handle, routes: &RouteWatch, node: &mut Node) -> V
     let hit = hit_after(&records, kill, false);
     println!(
         "fleet: edgelb killed on node {n}: route withdrawn after {:?}; of {} new connections {} failed, the last started {:?} after the kill",
-        withdrawn - kill,
+        withdrawn.asked.saturating_duration_since(kill),
         records.iter().filter(|r| r.start >= kill).count(),
         hit.len(),
         hit.last().map(|r| r.start - kill)
@@ -185,12 +188,13 @@ async fn kill_edgelb(client: &Handle, routes: &RouteWatch, node: &mut Node) -> V
 async fn crash(client: &Handle, routes: &RouteWatch, node: &mut Node) -> Vec<Record> {
     let load = Load::start(client, Duration::from_millis(5));
     wait_count(&load, 50).await;
-    // From the moment it is gone: connections opened before were open ones.
+    let began = Instant::now();
     node.crash();
+    // New connections are those opened once it is gone; before, they were open ones.
     let crash = Instant::now();
     let n = node.n;
-    wait_gone(routes, n, crash, node).await;
-    let (withdrawn, _) = routes.first_after(crash, |s| !s.contains(&n)).unwrap();
+    wait_gone(routes, n, began, node).await;
+    let withdrawn = routes.first_after(began, |s| !s.contains(&n)).unwrap();
     let count = load.count();
     wait_count(&load, count + 100).await;
     let records = load.stop().await;
@@ -198,7 +202,7 @@ async fn crash(client: &Handle, routes: &RouteWatch, node: &mut Node) -> Vec<Rec
     let failed = hit.iter().filter(|r| r.outcome.is_err()).count();
     println!(
         "fleet: node {n} crashed: route withdrawn after {:?} (BFD); of {} new connections {failed} failed and {} took over {SLOW:?} (at most {:?}: their SYN to the dead node was retried), the last started {:?} after the crash",
-        withdrawn - crash,
+        withdrawn.asked.saturating_duration_since(began),
         records.iter().filter(|r| r.start >= crash).count(),
         hit.len() - failed,
         hit.iter().map(|r| r.took).max(),

@@ -217,8 +217,16 @@ impl Load {
     }
 }
 
-/// When the route was seen to change (monotonic, wall clock), and its nodes then.
-type RouteChange = (Instant, SystemTime, BTreeSet<usize>);
+/// A change of the route: the look that saw it started at `asked` and ended at
+/// `seen` (also as wall clock, to compare with edgelb's log lines). The change
+/// came before `seen`; `asked` is close to it, unless starting `ip` was slow.
+#[derive(Clone)]
+pub struct RouteChange {
+    pub asked: Instant,
+    pub seen: Instant,
+    pub seen_wall: SystemTime,
+    pub nodes: BTreeSet<usize>,
+}
 
 /// The router's multipath route to the VIP, looked at every 20 ms from a thread:
 /// each change with its time (wall clock, to compare with edgelb's log lines).
@@ -236,11 +244,15 @@ impl RouteWatch {
         let thread = std::thread::spawn(move || {
             let mut last = None;
             while !s.load(Ordering::Relaxed) {
+                let asked = Instant::now();
                 let nodes = route_nodes();
                 if last.as_ref() != Some(&nodes) {
-                    c.lock()
-                        .unwrap()
-                        .push((Instant::now(), SystemTime::now(), nodes.clone()));
+                    c.lock().unwrap().push(RouteChange {
+                        asked,
+                        seen: Instant::now(),
+                        seen_wall: SystemTime::now(),
+                        nodes: nodes.clone(),
+                    });
                     last = Some(nodes);
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -258,7 +270,7 @@ impl RouteWatch {
         let changes = self.changes.lock().unwrap();
         changes
             .iter()
-            .map(|c| (c.0.saturating_duration_since(origin), c.2.clone()))
+            .map(|c| (c.asked.saturating_duration_since(origin), c.nodes.clone()))
             .collect()
     }
 
@@ -268,21 +280,21 @@ impl RouteWatch {
             .lock()
             .unwrap()
             .last()
-            .map(|c| c.2.clone())
+            .map(|c| c.nodes.clone())
             .unwrap_or_default()
     }
 
-    /// The first change after `since` whose nodes satisfy `cond`: when it was seen.
+    /// The first change seen after `since` whose nodes satisfy `cond`.
     pub fn first_after(
         &self,
         since: Instant,
         cond: impl Fn(&BTreeSet<usize>) -> bool,
-    ) -> Option<(Instant, SystemTime)> {
+    ) -> Option<RouteChange> {
         let changes = self.changes.lock().unwrap();
         changes
             .iter()
-            .find(|c| c.0 >= since && cond(&c.2))
-            .map(|c| (c.0, c.1))
+            .find(|c| c.seen >= since && cond(&c.nodes))
+            .cloned()
     }
 
     /// Waits up to `within` for the route to be exactly `nodes`; whether it came.
