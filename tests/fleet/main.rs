@@ -40,7 +40,7 @@ pub fn preflight() {
 fn fleet_of_three_nodes_behind_ecmp() {
     preflight();
     let _lock = net::Lock::take("fleet");
-    let _spaces = net::build();
+    let spaces = net::build();
     let backend_rt = net::runtime_in(net::BACKEND, 1);
     backend_rt
         .block_on(backend_rt.spawn(traffic::serve_backends()))
@@ -59,6 +59,11 @@ fn fleet_of_three_nodes_behind_ecmp() {
         &mut nodes,
         &router,
     ));
+    // The route watch's `ip -n` runs inside the router's namespace while it looks.
+    drop(routes);
+    drop(nodes);
+    drop(router);
+    spaces.assert_empty();
 }
 
 /// An unreachable router, a BIRD that is not there and a namespace left over from a
@@ -95,7 +100,7 @@ async fn bad_set_ups() {
     assert!(message.contains(&orphan.id().to_string()), "{message}");
     assert!(!orphan.wait().unwrap().success());
 
-    let _spaces = net::Namespaces::create(std::slice::from_ref(&name));
+    let spaces = net::Namespaces::create(std::slice::from_ref(&name));
     let mut node = Node::lone(&name);
     let said = |node: &Node, text: &str| daemons::read(&node.watch_log()).contains(text);
     wait_for(
@@ -125,6 +130,8 @@ async fn bad_set_ups() {
         "fleet: bad set-ups:\n{message}\n{}",
         daemons::read(&node.watch_log())
     );
+    drop(node);
+    spaces.assert_empty();
 }
 
 async fn wait_for(mut cond: impl FnMut() -> bool, what: &str, node: &Node) {

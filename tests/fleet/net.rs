@@ -172,6 +172,27 @@ impl Namespaces {
     }
 }
 
+impl Namespaces {
+    /// Panics if a process is still in one of them, waiting up to 2 s (SIGKILL is
+    /// delivered, not awaited): what the test started must have been stopped.
+    pub fn assert_empty(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        for name in &self.names {
+            loop {
+                let pids = run(Command::new("ip").args(["netns", "pids", name]));
+                if pids.trim().is_empty() {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "still running in {name}: {pids}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+}
+
 impl Drop for Namespaces {
     fn drop(&mut self) {
         for name in &self.names {
