@@ -80,6 +80,7 @@ pub async fn run(client: &Handle, routes: &RouteWatch, nodes: &mut [Node], route
     all.extend(crash(client, routes, &mut nodes[2]).await);
     all.extend(back(client, routes, nodes, router, 3).await);
     assert_sch_agrees(&all);
+    watcher_stops(routes, &mut nodes[0]).await;
     println!(
         "fleet: {} connections in all, {:?}",
         all.len(),
@@ -210,6 +211,28 @@ async fn crash(client: &Handle, routes: &RouteWatch, node: &mut Node) -> Vec<Rec
     );
     assert_within(&hit, crash, BFD_FAILOVER, "after the node crashed");
     records
+}
+
+/// The order `systemctl stop edgelb` follows: the watcher stops first, and on its
+/// way out withdraws the route, before edgelb's drain begins.
+async fn watcher_stops(routes: &RouteWatch, node: &mut Node) {
+    let stop = Instant::now();
+    node.watch
+        .as_ref()
+        .expect("the watcher runs")
+        .signal(libc::SIGTERM);
+    wait_gone(routes, node.n, stop, node).await;
+    let withdrawn = routes.first_after(stop, |s| !s.contains(&node.n)).unwrap();
+    let log = crate::daemons::read(&node.watch_log());
+    assert!(
+        log.contains("withdraw edgelb_vip: stopping (SIGTERM)"),
+        "{log}"
+    );
+    println!(
+        "fleet: watcher stopped on node {}: route withdrawn after {:?}",
+        node.n,
+        withdrawn.asked.saturating_duration_since(stop)
+    );
 }
 
 /// 5: node `n` back (edgelb restarted, or the whole node after a crash): it
