@@ -1,5 +1,6 @@
 //! The fleet's scenes in order: spread, `sch` agreement over a port-hashing router,
-//! a drain with `drain_delay`, edgelb killed, a node crashed (BFD), each node back.
+//! a drain with `drain_delay`, edgelb killed, a node crashed (BFD), each node back,
+//! the watcher stopped.
 
 use crate::checks::*;
 use crate::daemons::{Node, Router};
