@@ -64,6 +64,10 @@ pub struct AdminState {
     /// The control API, set once the server has started (until then, and without
     /// it, API calls are not routed).
     control: OnceLock<Arc<crate::api::Control>>,
+    /// Set when a binary upgrade's new process has taken every socket over: the
+    /// node serves, so a request this process still answers (one it accepted just
+    /// before) says ready, and a router watching `/healthz` keeps the node in.
+    pub handed_over: AtomicBool,
 }
 
 impl AdminState {
@@ -74,6 +78,7 @@ impl AdminState {
             prometheus,
             ready: AtomicBool::new(false),
             control: OnceLock::new(),
+            handed_over: AtomicBool::new(false),
         }
     }
 
@@ -91,8 +96,12 @@ impl AdminState {
         self.server.get()
     }
 
-    /// `/healthz`: started, not draining, and every running listener accepting.
+    /// `/healthz`: started, not draining, and every running listener accepting (or
+    /// handed over to a new process that serves them).
     pub fn is_ready(&self) -> bool {
+        if self.handed_over.load(Ordering::Acquire) {
+            return true;
+        }
         if !self.ready.load(Ordering::Acquire) {
             return false;
         }

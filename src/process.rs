@@ -165,11 +165,13 @@ impl Process {
     }
 
     /// A binary upgrade succeeded: the new process serves every socket. This one
-    /// stops accepting at once (admin server included, so `/status` answers from
-    /// the new process only) and drains as SIGTERM does, without `drain_delay`.
+    /// stops accepting at once (admin server included, its idle connections
+    /// closed, so `/status` answers from the new process) and drains as SIGTERM
+    /// does, without `drain_delay`; `/healthz` never says 503 meanwhile: the node
+    /// serves.
     /// Returns how many connections were cut at `drain_timeout`.
     pub async fn drain_handed_over(&self) -> usize {
-        self.admin.ready.store(false, Ordering::Release);
+        self.admin.handed_over.store(true, Ordering::Release);
         self.stop_admin.cancel();
         tracing::info!("handed over: listening sockets closed here, draining");
         let cut = self.server.drain().await;

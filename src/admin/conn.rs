@@ -92,6 +92,10 @@ pub async fn serve(
             registry.register(permit),
         ));
     }
+    // Stopped: idle kept-alive connections close now, so their clients come back
+    // to whoever serves the address next (after a binary upgrade, the new
+    // process); one answering a request finishes it.
+    while registry.evict_oldest_idle().is_some() {}
 }
 
 /// The cap is reached: closes the oldest idle admin connection and waits for its

@@ -29,6 +29,9 @@ pub struct Options {
     pub rust_log: Option<String>,
     /// `TOKIO_WORKER_THREADS`.
     pub workers: Option<usize>,
+    /// A network namespace to run in (`ip netns exec NS edgelb ...`, which execs
+    /// edgelb itself: the guard's pid is edgelb's).
+    pub netns: Option<String>,
     /// Run a copy of the binary in the temporary directory, so the test can put
     /// another build (or a broken one) at its path, as an upgrade does.
     pub copy_binary: bool,
@@ -54,7 +57,14 @@ impl Edgelb {
         } else {
             built_binary()
         };
-        let mut cmd = Command::new(&binary);
+        let mut cmd = match &options.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(&binary);
+                cmd
+            }
+            None => Command::new(&binary),
+        };
         cmd.arg("run")
             .arg("--config")
             .arg(&config)

@@ -297,8 +297,28 @@ async fn ten_upgrades_in_a_row_lose_nothing_and_carry_the_state_over() {
             persistence_entries(&status(admin).await, web.port()),
             entries
         );
+        // A kept-alive admin connection of the old process.
+        let mut kept = tokio::net::TcpStream::connect(admin).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut kept, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"ok\n") {
+            let mut buf = [0u8; 512];
+            let n = kept.read(&mut buf).await.unwrap();
+            assert!(n > 0, "{}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buf[..n]);
+        }
         signal(old, libc::SIGUSR2);
         let now = wait_switch(admin, old, &setup.lb).await;
+        // The old process closed it at the switch (well before the 10 s header
+        // timeout), so its client comes back to the new one.
+        let closed =
+            tokio::time::timeout(Duration::from_secs(5), kept.read_to_end(&mut answer)).await;
+        assert!(
+            closed.is_ok(),
+            "round {round}: the old process kept an idle admin connection"
+        );
         let new = u32::try_from(now["pid"].as_u64().unwrap()).unwrap();
         // The first answer of the new process: the same health everywhere (no
         // unknown, no probe needed: the time of the last change is the one the
