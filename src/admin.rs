@@ -68,6 +68,8 @@ pub struct AdminState {
     /// node serves, so a request this process still answers (one it accepted just
     /// before) says ready, and a router watching `/healthz` keeps the node in.
     pub handed_over: AtomicBool,
+    /// The admin server's own connection count, once it serves.
+    connections: OnceLock<Arc<crate::limit::ConnectionLimit>>,
 }
 
 impl AdminState {
@@ -79,6 +81,7 @@ impl AdminState {
             ready: AtomicBool::new(false),
             control: OnceLock::new(),
             handed_over: AtomicBool::new(false),
+            connections: OnceLock::new(),
         }
     }
 
@@ -90,6 +93,11 @@ impl AdminState {
     /// The started server (once only; a second call is ignored). Does not set `ready`.
     pub fn set_server(&self, server: Arc<Server>) {
         let _ = self.server.set(server);
+    }
+
+    /// Admin connections open now (0 without an admin server).
+    pub fn open_connections(&self) -> usize {
+        self.connections.get().map_or(0, |c| c.open())
     }
 
     pub fn server(&self) -> Option<&Arc<Server>> {
@@ -122,12 +130,21 @@ async fn dispatch(
     state: &AdminState,
     body_timeout: Duration,
 ) -> Response<Full<Bytes>> {
-    match state.control.get() {
+    let mut response = match state.control.get() {
         Some(control) if crate::api::is_api_request(&req) => {
             crate::api::handle(req, control, body_timeout).await
         }
         _ => route(req, state),
+    };
+    // Handed over: this answer is the connection's last, so a kept-alive client
+    // (a Prometheus scraper) comes back to the process that now serves.
+    if state.handed_over.load(Ordering::Acquire) {
+        response.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
     }
+    response
 }
 
 fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {

@@ -17,6 +17,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// How long a process that handed over waits, its own connections drained, for
+/// the admin connections it still holds: one accepted just before the switch
+/// gets its answer; an idle kept-alive one is closed at the exit after this.
+const ADMIN_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Where the admin server listens.
 #[derive(Debug, Clone, Copy)]
 pub enum AdminBind {
@@ -165,16 +170,22 @@ impl Process {
     }
 
     /// A binary upgrade succeeded: the new process serves every socket. This one
-    /// stops accepting at once (admin server included, its idle connections
-    /// closed, so `/status` answers from the new process) and drains as SIGTERM
-    /// does, without `drain_delay`; `/healthz` never says 503 meanwhile: the node
-    /// serves.
+    /// stops accepting at once (admin server included, so new admin connections
+    /// reach the new process; a kept-alive one gets its next answer here, with
+    /// `Connection: close`) and drains as SIGTERM does, without `drain_delay`;
+    /// `/healthz` never says 503 meanwhile: the node serves.
     /// Returns how many connections were cut at `drain_timeout`.
     pub async fn drain_handed_over(&self) -> usize {
         self.admin.handed_over.store(true, Ordering::Release);
         self.stop_admin.cancel();
         tracing::info!("handed over: listening sockets closed here, draining");
         let cut = self.server.drain().await;
+        // An admin request accepted just before the switch (a router's /healthz)
+        // gets its answer before the process exits.
+        let linger = tokio::time::Instant::now() + ADMIN_LINGER;
+        while self.admin.open_connections() > 0 && tokio::time::Instant::now() < linger {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         tracing::info!(closed_at_timeout = cut, "stopped");
         cut
     }

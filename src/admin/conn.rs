@@ -55,6 +55,7 @@ pub async fn serve(
 ) {
     // Its own budget, apart from the data path's `max_connections`.
     let cap = ConnectionLimit::new(limits.max_connections);
+    let _ = state.connections.set(cap.clone());
     let registry = Arc::new(Registry::default());
     // Its connections' buffers go back to the system once a crowd of them has gone.
     crate::memory::spawn_trimmer_after(cap.clone(), (limits.max_connections / 2).max(1));
@@ -92,10 +93,6 @@ pub async fn serve(
             registry.register(permit),
         ));
     }
-    // Stopped: idle kept-alive connections close now, so their clients come back
-    // to whoever serves the address next (after a binary upgrade, the new
-    // process); one answering a request finishes it.
-    while registry.evict_oldest_idle().is_some() {}
 }
 
 /// The cap is reached: closes the oldest idle admin connection and waits for its

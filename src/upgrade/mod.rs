@@ -47,6 +47,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Names the new process's end of the channel.
@@ -113,6 +114,9 @@ impl Upgrader {
         tracing::info!(program = %self.program.display(), "binary upgrade: starting the new process");
         match self.try_run(process).await {
             Ok(pid) => {
+                // From now on an admin request still reaching this process is
+                // answered as the node's (ready) and closes its connection.
+                process.admin.handed_over.store(true, Ordering::Release);
                 tracing::info!(
                     new_pid = pid,
                     "binary upgrade: the new process serves; draining this one"

@@ -13,6 +13,11 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Held while a test writes an executable and while one forks: a child forked
+/// while the file is open for writing holds it open until its own exec, and an exec
+/// of the file meanwhile fails with "Text file busy" (ETXTBSY).
+pub static EXEC_WRITE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// How long a group has after SIGTERM before the rest of it gets SIGKILL.
 pub const GRACE: Duration = Duration::from_secs(5);
 
@@ -50,9 +55,11 @@ impl Daemon {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let child = {
+            let _forking = EXEC_WRITE.lock().unwrap_or_else(|e| e.into_inner());
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
+        };
         Daemon {
             child,
             status: None,

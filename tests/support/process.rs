@@ -52,6 +52,9 @@ impl Edgelb {
         std::fs::write(&config, text).unwrap();
         let binary = if options.copy_binary {
             let copy = dir.join("edgelb");
+            let _writing = super::daemon::EXEC_WRITE
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             std::fs::copy(built_binary(), &copy).unwrap();
             copy
         } else {
@@ -78,6 +81,9 @@ impl Edgelb {
     pub fn replace_binary(&self, program: &[u8]) {
         use std::os::unix::fs::PermissionsExt;
         let next = self.binary.with_extension("new");
+        let _writing = super::daemon::EXEC_WRITE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         std::fs::write(&next, program).unwrap();
         std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::rename(&next, &self.binary).unwrap();
