@@ -114,9 +114,15 @@ impl Process {
         let admin = Arc::new(AdminState::new(prometheus));
         let stop_admin = CancellationToken::new();
         let mut admin_socket = None;
+        // The admin server answers at once (`/healthz` 503 until the listeners are
+        // bound), except on a socket inherited from the process this one replaces:
+        // that one still serves it, ready, and a 503 from here would tell a router
+        // watching `/healthz` that the node went down. This one joins once ready.
+        let mut serve_admin_when_ready = None;
         let admin_addr = match address {
             Some(address) => {
                 let inherited = options.handover.sockets.take(address);
+                let upgrading = inherited.is_some();
                 let socket = admin_listener(address, inherited)
                     .await
                     .map_err(|source| StartError::AdminBind { address, source })?;
@@ -124,12 +130,12 @@ impl Process {
                 let bound = socket.local_addr().unwrap_or(address);
                 tracing::info!(address = %bound, "admin server listening");
                 let limits = admin::AdminLimits::from(&config.admin);
-                tokio::spawn(admin::serve(
-                    socket,
-                    admin.clone(),
-                    limits,
-                    stop_admin.clone(),
-                ));
+                let serving = admin::serve(socket, admin.clone(), limits, stop_admin.clone());
+                if upgrading {
+                    serve_admin_when_ready = Some(serving);
+                } else {
+                    tokio::spawn(serving);
+                }
                 Some(bound)
             }
             None => None,
@@ -148,6 +154,9 @@ impl Process {
         admin.set_server(server.clone());
         admin.set_control(control.clone());
         admin.ready.store(true, Ordering::Release);
+        if let Some(serving) = serve_admin_when_ready {
+            tokio::spawn(serving);
+        }
         Ok(Process {
             server,
             control,

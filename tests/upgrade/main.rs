@@ -266,6 +266,23 @@ async fn ten_upgrades_in_a_row_lose_nothing_and_carry_the_state_over() {
     };
     let tally = Arc::new(Tally::default());
     let (stop, tasks) = clients(&setup, &tally);
+    // Routers watching /healthz (back to back, so some ask while a new process
+    // starts) never see the node down.
+    let watchers: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut other) = (0, Vec::new());
+                while !stop.load(Ordering::SeqCst) {
+                    match http_get(admin, "/healthz").await {
+                        (200, _, _) => ok += 1,
+                        reply => other.push(reply),
+                    }
+                }
+                (ok, other)
+            })
+        })
+        .collect();
     let ports = [web.port(), setup.plain.port(), admin.port()];
     let sockets = listening_inodes(&ports);
     // One per worker (two) on each listener, and the admin server's.
@@ -401,6 +418,13 @@ async fn ten_upgrades_in_a_row_lose_nothing_and_carry_the_state_over() {
         task.await.unwrap();
     }
     tally.assert_clean(100);
+    for watcher in watchers {
+        let (ok, other) = watcher.await.unwrap();
+        assert!(
+            other.is_empty() && ok > 50,
+            "/healthz: {ok} times 200, and {other:?}"
+        );
+    }
     assert_eq!(
         setup.sick.accepted(),
         0,
