@@ -1,10 +1,13 @@
 //! The set of listeners of a running process: start, apply a new configuration
 //! (reload), and drain.
+//!
+//! - [`handover`]: what a binary upgrade takes from the running set and gives the
+//!   next one.
 
 use crate::config::{Config, Global, Listener, ListenerKey};
 use crate::health;
 use crate::limit::{self, ConnectionLimit};
-use crate::listener::{self, accept_loop, Binder, Inherited, Shared};
+use crate::listener::{self, accept_loop, Binder, Shared};
 use crate::state::{ListenerState, SavedListener};
 use crate::workers::Workers;
 use std::collections::HashMap;
@@ -13,6 +16,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+mod handover;
+pub use handover::Handover;
 
 /// A listener could not bind its socket.
 #[derive(Debug, thiserror::Error)]
@@ -33,15 +39,6 @@ struct Accepting {
     /// upgrade (dropped with this when the listener stops, so a stopped listener's
     /// socket really closes).
     sockets: Vec<std::net::TcpListener>,
-}
-
-/// What the process this one replaces hands over (binary upgrade): its listening
-/// sockets and each listener's state. [`Server::start_with`] takes them before any
-/// listener accepts.
-#[derive(Debug, Default)]
-pub struct Handover {
-    pub sockets: Inherited,
-    pub listeners: Vec<SavedListener>,
 }
 
 struct Entry {
@@ -252,28 +249,6 @@ impl Server {
             stop,
             sockets: kept,
         }
-    }
-
-    /// A copy of every listening socket, by configured address, to hand to the
-    /// process replacing this one.
-    pub fn listening_sockets(&self) -> io::Result<Vec<(SocketAddr, std::net::TcpListener)>> {
-        let state = self.state();
-        let mut out = Vec::new();
-        for accepting in state
-            .listeners
-            .values()
-            .filter_map(|e| e.accepting.as_ref())
-        {
-            for socket in &accepting.sockets {
-                out.push((accepting.configured, socket.try_clone()?));
-            }
-        }
-        Ok(out)
-    }
-
-    /// Every listener's state, to hand to the process replacing this one.
-    pub fn save(&self) -> Vec<SavedListener> {
-        self.listeners().iter().map(|l| l.save()).collect()
     }
 
     /// The address each accepting listener is bound to.
