@@ -1,28 +1,50 @@
 //! Moving bytes both ways between a client and its backend: half-close passed on,
-//! the idle timeout (`established_timeout`), batched byte counts, and on Linux
-//! zero-copy `splice(2)` for bulk transfers.
+//! the idle timeout (`established_timeout`), the drain's cut, batched byte counts,
+//! and on Linux zero-copy `splice(2)` for bulk transfers.
 
+use crate::access_log::End;
 use crate::metrics::Total;
 use crate::state::{BackendState, ListenerState};
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// The copy buffer (one per worker thread; see `SCRATCH`).
 pub const BUFFER_SIZE: usize = 16 * 1024;
 /// Bytes are added to the counters in batches of at least this much (and at close).
 const BYTES_BATCH: u64 = 256 * 1024;
 
-/// Why a proxied connection ended.
+/// How a proxied connection ended, and the bytes it moved: exactly what the byte
+/// counters got from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Close {
-    /// Both sides finished (FIN both ways).
-    Done,
-    /// No byte either way for `established_timeout`.
-    IdleTimeout,
-    /// A read or write failed (a reset, usually).
-    Error,
+pub struct Copied {
+    /// `ClientClosed`, `BackendClosed`, `IdleTimeout`, `ClientError`,
+    /// `BackendError` or `Drain`.
+    pub end: End,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// One direction of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// Client to backend.
+    In,
+    /// Backend to client.
+    Out,
+}
+
+impl Way {
+    /// A failure reading the source (`reading`) or writing the destination.
+    fn failed(self, reading: bool) -> End {
+        if (self == Way::In) == reading {
+            End::ClientError
+        } else {
+            End::BackendError
+        }
+    }
 }
 
 /// The time of the last byte moved, as milliseconds since the connection started:
@@ -33,6 +55,8 @@ struct Activity {
     last_ms: AtomicU64,
     /// Set when the first direction has seen its FIN.
     one_way_done: AtomicBool,
+    /// Which side's FIN came first: 0 none yet, 1 the client's, 2 the backend's.
+    first_fin: AtomicU8,
 }
 
 impl Activity {
@@ -62,11 +86,14 @@ struct Tally<'a> {
     counter: &'a Total,
     backend: &'a AtomicU64,
     pending: u64,
+    /// Everything counted, for the access log.
+    total: u64,
 }
 
 impl Tally<'_> {
     fn add(&mut self, n: usize) {
         self.pending += n as u64;
+        self.total += n as u64;
         if self.pending >= BYTES_BATCH {
             self.flush();
         }
@@ -87,49 +114,66 @@ impl Drop for Tally<'_> {
     }
 }
 
-/// Copies both ways until both sides are done, a side fails, or nothing moves for
-/// `idle`. Nothing else ends a connection: a drain leaves open ones to the process's
-/// exit (README, "Drain and open connections").
+/// Copies both ways until both sides are done, a side fails, nothing moves for
+/// `idle`, or `cut` is cancelled (the drain deadline). `early_in` client bytes
+/// already went to the backend with the PROXY header: they are counted here.
 pub async fn copy_both_ways(
     client: TcpStream,
     backend: TcpStream,
     idle: std::time::Duration,
     runtime: &ListenerState,
     state: &BackendState,
-) -> Close {
+    cut: &CancellationToken,
+    early_in: usize,
+) -> Copied {
     let activity = Activity {
         base: Instant::now(),
         last_ms: AtomicU64::new(0),
         one_way_done: AtomicBool::new(false),
+        first_fin: AtomicU8::new(0),
     };
     let mut tally_in = Tally {
         counter: &runtime.metrics.bytes_in,
         backend: &state.metrics.bytes_in,
         pending: 0,
+        total: 0,
     };
+    tally_in.add(early_in);
     let mut tally_out = Tally {
         counter: &runtime.metrics.bytes_out,
         backend: &state.metrics.bytes_out,
         pending: 0,
+        total: 0,
     };
-    let upstream = pump(&client, &backend, &activity, &mut tally_in);
-    let downstream = pump(&backend, &client, &activity, &mut tally_out);
-    tokio::select! {
+    let upstream = pump(&client, &backend, Way::In, &activity, &mut tally_in);
+    let downstream = pump(&backend, &client, Way::Out, &activity, &mut tally_out);
+    let end = tokio::select! {
         result = async { tokio::try_join!(upstream, downstream) } => match result {
-            Ok(_) => Close::Done,
-            Err(_) => Close::Error,
+            Ok(_) if activity.first_fin.load(Ordering::Relaxed) == 2 => End::BackendClosed,
+            Ok(_) => End::ClientClosed,
+            Err(end) => end,
         },
-        () = idle_timer(&activity, idle) => Close::IdleTimeout,
+        () = idle_timer(&activity, idle) => End::IdleTimeout,
+        () = cut.cancelled() => End::Drain,
+    };
+    Copied {
+        end,
+        bytes_in: tally_in.total,
+        bytes_out: tally_out.total,
     }
 }
 
 /// A FIN came from the other side of `to`: pass it on (half-close). When the other
 /// way is finished already, closing both sockets (next) sends the FIN: no shutdown.
-fn pass_fin(to: &TcpStream, activity: &Activity) -> io::Result<()> {
+fn pass_fin(to: &TcpStream, way: Way, activity: &Activity) -> Result<(), End> {
     if activity.one_way_done.swap(true, Ordering::Relaxed) {
         return Ok(());
     }
-    socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write)
+    let first = if way == Way::In { 1 } else { 2 };
+    activity.first_fin.store(first, Ordering::Relaxed);
+    socket2::SockRef::from(to)
+        .shutdown(std::net::Shutdown::Write)
+        .map_err(|_| way.failed(false))
 }
 
 /// Full buffers in a row after which a direction counts as a bulk transfer and
@@ -137,34 +181,39 @@ fn pass_fin(to: &TcpStream, activity: &Activity) -> io::Result<()> {
 const SPLICE_AFTER_FULL_READS: u32 = 4;
 
 /// Copies one way until EOF, then passes the FIN on (half-close) and returns.
+/// Errors say which side failed (`way` tells the source from the destination).
 async fn pump(
     from: &TcpStream,
     to: &TcpStream,
+    way: Way,
     activity: &Activity,
     tally: &mut Tally<'_>,
-) -> io::Result<()> {
+) -> Result<(), End> {
     let mut full_reads = 0;
     loop {
         // Poll-based readiness: it uses the socket's own waker slot, where
         // `readable()` would keep a waiter node in every connection's future.
-        std::future::poll_fn(|cx| from.poll_read_ready(cx)).await?;
+        std::future::poll_fn(|cx| from.poll_read_ready(cx))
+            .await
+            .map_err(|_| way.failed(true))?;
         let (moved, rest) = match SCRATCH.with_borrow_mut(|scratch| relay(from, to, scratch)) {
             Relay::Eof => {
-                return pass_fin(to, activity);
+                return pass_fin(to, way, activity);
             }
             Relay::Nothing => continue,
             Relay::Moved { n, drained, rest } => {
                 full_reads = if drained { 0 } else { full_reads + 1 };
                 (n, rest)
             }
-            Relay::Failed(e) => return Err(e),
+            Relay::Failed { reading } => return Err(way.failed(reading)),
         };
         activity.touch();
         if let Some(rest) = rest {
             write_all(to, rest.len(), |left| {
                 to.try_write(&rest[rest.len() - left..])
             })
-            .await?;
+            .await
+            .map_err(|_| way.failed(false))?;
             activity.touch();
         }
         tally.add(moved);
@@ -172,7 +221,7 @@ async fn pump(
         if full_reads >= SPLICE_AFTER_FULL_READS && crate::splice::enabled() {
             if let Some(pipe) = crate::splice::Pipe::new() {
                 // Boxed: only bulk directions pay for its state, not every connection.
-                return Box::pin(splice_pump(from, to, &pipe, activity, tally)).await;
+                return Box::pin(splice_pump(from, to, way, &pipe, activity, tally)).await;
             }
             full_reads = 0; // out of descriptors: keep copying
         }
@@ -200,7 +249,10 @@ enum Relay {
         drained: bool,
         rest: Option<Vec<u8>>,
     },
-    Failed(io::Error),
+    /// Reading the source failed (`reading`), or writing the destination.
+    Failed {
+        reading: bool,
+    },
 }
 
 /// One read from `from` and as much of it written to `to` as it takes now.
@@ -211,16 +263,16 @@ fn relay(from: &TcpStream, to: &TcpStream, scratch: &mut [u8]) -> Relay {
     let (n, drained) = match read_burst(from, max, || (&*socket).read(scratch)) {
         Read::Eof => return Relay::Eof,
         Read::Nothing => return Relay::Nothing,
-        Read::Failed(e) => return Relay::Failed(e),
+        Read::Failed => return Relay::Failed { reading: true },
         Read::Data { n, drained } => (n, drained),
     };
     let mut written = 0;
     while written < n {
         match to.try_write(&scratch[written..n]) {
-            Ok(0) => return Relay::Failed(io::ErrorKind::WriteZero.into()),
+            Ok(0) => return Relay::Failed { reading: false },
             Ok(m) => written += m,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Relay::Failed(e),
+            Err(_) => return Relay::Failed { reading: false },
         }
     }
     let rest = (written < n).then(|| scratch[written..n].to_vec());
@@ -232,16 +284,19 @@ fn relay(from: &TcpStream, to: &TcpStream, scratch: &mut [u8]) -> Relay {
 async fn splice_pump(
     from: &TcpStream,
     to: &TcpStream,
+    way: Way,
     pipe: &crate::splice::Pipe,
     activity: &Activity,
     tally: &mut Tally<'_>,
-) -> io::Result<()> {
+) -> Result<(), End> {
     use crate::splice::CHUNK;
     loop {
-        std::future::poll_fn(|cx| from.poll_read_ready(cx)).await?;
+        std::future::poll_fn(|cx| from.poll_read_ready(cx))
+            .await
+            .map_err(|_| way.failed(true))?;
         match read_burst(from, CHUNK, || pipe.fill_from(from)) {
             Read::Eof => {
-                return pass_fin(to, activity);
+                return pass_fin(to, way, activity);
             }
             Read::Data { n, .. } => {
                 activity.touch();
@@ -249,12 +304,13 @@ async fn splice_pump(
                 write_all(to, n, |left| {
                     to.try_io(tokio::io::Interest::WRITABLE, || pipe.drain_into(to, left))
                 })
-                .await?;
+                .await
+                .map_err(|_| way.failed(false))?;
                 activity.touch();
                 tally.add(n);
             }
             Read::Nothing => {}
-            Read::Failed(e) => return Err(e),
+            Read::Failed => return Err(way.failed(true)),
         }
     }
 }
@@ -269,7 +325,7 @@ enum Read {
     },
     /// Spurious readiness.
     Nothing,
-    Failed(io::Error),
+    Failed,
 }
 
 /// One read from `from` by `read` (`recv` into a buffer, `splice` into a pipe),
@@ -296,7 +352,7 @@ fn read_burst(from: &TcpStream, max: usize, mut read: impl FnMut() -> io::Result
             drained: true,
         },
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Read::Nothing,
-        Err(e) => Read::Failed(e),
+        Err(_) => Read::Failed,
     }
 }
 

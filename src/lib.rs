@@ -16,6 +16,8 @@
 //! - [`persistence`]: the client-IP affinity table (LVS persistence templates).
 //! - [`limit`]: the process-wide connection cap (`max_connections`) and its permits.
 //! - [`metrics`]: metric names and the handles registered once.
+//! - [`access_log`]: one line per client connection when it ends, through a bounded
+//!   queue to one writer thread (text or JSON, reopened on SIGUSR1).
 //! - [`memory`]: heap memory given back after many connections close.
 //! - [`state`]: what the process knows of each listener and backend: health, counts,
 //!   and the immutable view the data path reads behind an `ArcSwap`.
@@ -33,6 +35,7 @@
 //!   listeners, control API, ready flag): what the binary, tests and benches start.
 //! - [`demo`]: the built-in backends of `edgelb demo`.
 pub mod accept;
+pub mod access_log;
 pub mod admin;
 pub mod api;
 pub mod config;

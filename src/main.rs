@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Validate FILE, bind every running listener, serve until SIGTERM/SIGINT
-    /// (SIGHUP reloads FILE).
+    /// (SIGHUP reloads FILE, SIGUSR1 reopens the access log).
     Run {
         /// The listener file (TOML).
         #[arg(short, long, value_name = "FILE")]
@@ -159,6 +159,7 @@ async fn serve(
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let mut user1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
     let listeners = config.listeners.len();
     let process = Process::start(path.clone(), config, Options::production(workers)).await?;
     tracing::info!(config = %path.display(), listeners, "edgelb running");
@@ -171,6 +172,7 @@ async fn serve(
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = hangup.recv() => process.reload().await,
+            _ = user1.recv() => process.reopen_access_log(),
         }
     }
     // During the delay, SIGINT or a second SIGTERM ends it early.

@@ -25,6 +25,7 @@ pub const BACKEND_CONNECT_SECONDS: &str = "edgelb_backend_connect_seconds";
 pub const CONFIG_RELOADS_TOTAL: &str = "edgelb_config_reloads_total";
 pub const ADMIN_REJECTED_CONNECTIONS_TOTAL: &str = "edgelb_admin_rejected_connections_total";
 pub const ADMIN_EVICTED_CONNECTIONS_TOTAL: &str = "edgelb_admin_evicted_connections_total";
+pub const ACCESS_LOG_DROPPED_TOTAL: &str = "edgelb_access_log_dropped_total";
 
 /// Every metric name above, for tests and tools (the Grafana dashboard test).
 pub const ALL: &[&str] = &[
@@ -46,6 +47,7 @@ pub const ALL: &[&str] = &[
     CONFIG_RELOADS_TOTAL,
     ADMIN_REJECTED_CONNECTIONS_TOTAL,
     ADMIN_EVICTED_CONNECTIONS_TOTAL,
+    ACCESS_LOG_DROPPED_TOTAL,
 ];
 
 /// Histogram buckets of connection lifetimes, in seconds.
@@ -119,12 +121,17 @@ pub fn describe() {
         ADMIN_EVICTED_CONNECTIONS_TOTAL,
         "Idle admin connections closed, oldest first, to make room for a new one at [admin] max_connections"
     );
+    describe_counter!(
+        ACCESS_LOG_DROPPED_TOTAL,
+        "Access log lines dropped: the writer could not keep up (queue full) or a write failed"
+    );
     // Process-wide series exist from the start, so a dashboard shows 0, not "no data".
     for result in ["success", "failure"] {
         counter!(CONFIG_RELOADS_TOTAL, "result" => result).absolute(0);
     }
     counter!(ADMIN_REJECTED_CONNECTIONS_TOTAL).absolute(0);
     counter!(ADMIN_EVICTED_CONNECTIONS_TOTAL).absolute(0);
+    counter!(ACCESS_LOG_DROPPED_TOTAL).absolute(0);
 }
 
 /// A Prometheus counter with a total the process can read back (the status page),
@@ -135,7 +142,7 @@ pub struct Total {
 }
 
 impl Total {
-    fn new(counter: Counter) -> Self {
+    pub fn new(counter: Counter) -> Self {
         Total {
             counter,
             value: AtomicU64::new(0),
@@ -279,6 +286,11 @@ pub fn config_reload(success: bool) {
 /// connection answering a request.
 pub fn admin_connection_rejected() {
     counter!(ADMIN_REJECTED_CONNECTIONS_TOTAL).increment(1);
+}
+
+/// The handle of `edgelb_access_log_dropped_total` (registered once per access log).
+pub fn access_log_dropped() -> Counter {
+    counter!(ACCESS_LOG_DROPPED_TOTAL)
 }
 
 /// An idle admin connection closed to make room for a new one at the admin cap.

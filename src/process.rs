@@ -7,7 +7,7 @@ use crate::api::{Control, ReloadError};
 use crate::config::Config;
 use crate::listener::{self, Binder};
 use crate::metrics;
-use crate::server::{BindError, Server};
+use crate::server::{ApplyError, Server};
 use crate::workers::Workers;
 use std::future::Future;
 use std::io;
@@ -66,7 +66,7 @@ pub enum StartError {
     #[error("cannot start the worker threads: {0}")]
     Workers(io::Error),
     #[error(transparent)]
-    Bind(#[from] BindError),
+    Apply(#[from] ApplyError),
 }
 
 /// A started process: its listeners, control API and admin server.
@@ -158,7 +158,7 @@ impl Process {
                 );
                 metrics::config_reload(false);
             }
-            Err(ReloadError::Bind(e)) => {
+            Err(ReloadError::Apply(e)) => {
                 tracing::error!(error = %e, "reload refused: the running configuration is unchanged");
                 metrics::config_reload(false);
             }
@@ -167,6 +167,11 @@ impl Process {
                 metrics::config_reload(true);
             }
         }
+    }
+
+    /// SIGUSR1: reopens the access log file (after logrotate renamed it).
+    pub fn reopen_access_log(&self) {
+        self.server.reopen_access_log();
     }
 
     /// SIGTERM: not ready at once (`/healthz` says 503); the listeners keep
