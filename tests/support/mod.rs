@@ -106,6 +106,14 @@ pub async fn echo_backend() -> Backend {
     serve(echo).await
 }
 
+/// The echo backend, on a runtime of its own that serves it while a plain
+/// `#[test]` driving the binary blocks; it stops when the runtime drops.
+pub fn background_echo() -> (tokio::runtime::Runtime, SocketAddr) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr = rt.block_on(echo_backend()).addr;
+    (rt, addr)
+}
+
 /// Writes `name` on every connection, then echoes.
 pub async fn named_backend(name: &'static str) -> Backend {
     serve(move |stream| named_echo(name, stream)).await
