@@ -182,3 +182,50 @@ fn a_file_that_cannot_be_opened_at_start_exits_1_with_a_one_line_reason() {
         "{log}"
     );
 }
+
+/// config/logrotate.conf, run by logrotate itself against the binary, with the
+/// log path and the service's signal pointed at this test's process.
+#[test]
+fn the_shipped_logrotate_config_rotates_and_edgelb_reopens() {
+    let (_rt, backend) = background_echo();
+    let dir = temp_dir("access-logrotate");
+    let path = dir.join("access.log");
+    let global = format!("access_log = \"{}\"", path.display());
+    let text = config_text(&[("b1", backend, 100)], &global, "");
+    let (mut proc, addr, _) = Edgelb::start_on_free_ports(&text, None, None);
+    echo_n(addr, 7);
+    wait_for("two lines", || lines_of(&path).len() == 2);
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/logrotate.conf"
+    ))
+    .unwrap();
+    let signal = "systemctl kill -s USR1 edgelb.service";
+    assert!(shipped.contains(signal) && shipped.contains("/var/log/edgelb/access.log {"));
+    let conf = dir.join("logrotate.conf");
+    let rewritten = shipped
+        .replace("/var/log/edgelb/access.log", path.to_str().unwrap())
+        .replace(signal, &format!("kill -USR1 {}", proc.pid()));
+    std::fs::write(&conf, rewritten).unwrap();
+    let out = std::process::Command::new("/usr/sbin/logrotate")
+        .arg("--force")
+        .arg("--state")
+        .arg(dir.join("logrotate.state"))
+        .arg(&conf)
+        .output()
+        .expect("logrotate (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rotated = dir.join("access.log.1");
+    assert_eq!(lines_of(&rotated).len(), 2, "delaycompress: kept as it is");
+    wait_for("the reopened file", || path.exists());
+    echo_n(addr, 9);
+    wait_for("a line in the new file", || lines_of(&path).len() == 1);
+    assert!(lines_of(&path)[0].ends_with(" 9 9 client_closed"));
+    assert_eq!(lines_of(&rotated).len(), 2);
+    proc.signal(libc::SIGTERM);
+    assert_eq!(proc.wait_exit(Duration::from_secs(20)).code(), Some(0));
+}
