@@ -2,7 +2,7 @@
 //! retries), the PROXY header, then hand over to [`crate::copy`].
 
 use crate::access_log::{AccessLog, End, Record};
-use crate::copy::copy_both_ways;
+use crate::copy::{copy_both_ways, Cut};
 use crate::limit::Permit;
 use crate::metrics::LiveGuard;
 use crate::persistence::{PersistenceTable, Placement};
@@ -16,7 +16,6 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// The most connect attempts: the first plus `connect_retries` (at most 16).
 const MAX_ATTEMPTS: usize = 17;
@@ -37,7 +36,7 @@ pub struct ListeningSocket {
 pub struct PerWorker {
     pub access_log: Arc<AccessLog>,
     /// Cancelled at the drain deadline: open connections end, logged `drain`.
-    pub cut: CancellationToken,
+    pub cut: Cut,
 }
 
 /// How a connection ended, for the access log.
@@ -129,7 +128,7 @@ struct Conn<'a> {
     socket: ListeningSocket,
     /// When it was accepted.
     started: Instant,
-    cut: &'a CancellationToken,
+    cut: &'a Cut,
 }
 
 /// Persistence, connect, the PROXY header, then the copy; says how it ended.

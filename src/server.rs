@@ -3,6 +3,7 @@
 
 use crate::access_log::{AccessLog, OpenError};
 use crate::config::{Config, Global, Listener, ListenerKey};
+use crate::copy::Cut;
 use crate::health;
 use crate::limit::{self, ConnectionLimit};
 use crate::listener::{self, accept_loop, Binder, Shared};
@@ -83,7 +84,7 @@ impl Server {
             .map(|_| {
                 Arc::new(PerWorker {
                     access_log: access_log.clone(),
-                    cut: CancellationToken::new(),
+                    cut: Cut::default(),
                 })
             })
             .collect();
