@@ -21,7 +21,8 @@
 //! - [`memory`]: heap memory given back after many connections close.
 //! - [`state`]: what the process knows of each listener and backend: health, counts,
 //!   and the immutable view the data path reads behind an `ArcSwap`.
-//! - [`copy`]: bytes both ways with half-close, the idle timeout and batched counts.
+//! - [`copy`]: bytes both ways with half-close, the idle timeout, the drain's cut
+//!   and batched counts; how the connection ended.
 //! - [`proxy`]: one connection: persistence, connect with timeout and retries, the
 //!   PROXY header, then [`copy`].
 //! - [`listener`]: listening sockets (socket2) and the accept loop.
