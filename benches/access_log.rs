@@ -11,7 +11,9 @@ use std::sync::Arc;
 fn record() -> Record {
     Record {
         ended_unix_ms: 1_796_051_764_123,
-        client: "203.0.113.7:50122".parse().unwrap_or_else(|_| unreachable!()),
+        client: "203.0.113.7:50122"
+            .parse()
+            .unwrap_or_else(|_| unreachable!()),
         listener: Arc::new(ListenerKey::new("lb-5ovkn1piwqmoqrfjdyhq4", 80)),
         server_id: Some(Arc::from("i-backend-1")),
         backend: Some(([10, 0, 0, 11], 8080).into()),
@@ -26,7 +28,10 @@ fn record() -> Record {
 fn bench(c: &mut Criterion) {
     let r = record();
     let mut buf = Vec::with_capacity(1 << 20);
-    for (name, format) in [("text", AccessLogFormat::Text), ("json", AccessLogFormat::Json)] {
+    for (name, format) in [
+        ("text", AccessLogFormat::Text),
+        ("json", AccessLogFormat::Json),
+    ] {
         c.bench_function(&format!("access_log/format_{name}"), |b| {
             b.iter(|| {
                 if buf.len() > (1 << 20) - 512 {

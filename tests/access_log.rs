@@ -344,3 +344,39 @@ async fn an_idle_connection_is_logged_idle_timeout_after_its_duration() {
         (Some(4), Some(4))
     );
 }
+
+/// `connect_ms` counts every attempt: a first backend whose handshake never
+/// completes (200 ms connect timeout), then the retry that reaches the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_ms_includes_the_retries() {
+    let path = log_path();
+    let (hole, _socket, _fillers) = blackhole();
+    let good = named_backend("good").await;
+    let lb = start_lb(&config_text(
+        &[("hole", hole, 100), ("good", good.addr, 100)],
+        &global(
+            &path,
+            "text",
+            "backend_connect_timeout_ms = 200\nconnect_retries = 1",
+        ),
+        &format!("scheduler = \"rr\"\n{}", health_sink().await),
+    ));
+    let addr = lb.addr("lb", 80);
+    // rr: one of two connections tries the hole first.
+    for _ in 0..2 {
+        assert_eq!(echo_through(addr, b"").await, b"good");
+    }
+    let got = lines(&path, 2).await;
+    let connect_ms: Vec<u64> = got
+        .iter()
+        .map(|l| {
+            let f = text_fields(l, "", "9");
+            assert_eq!(f[3..5], ["good".to_string(), good.addr.to_string()], "{l}");
+            f[5].parse().unwrap()
+        })
+        .collect();
+    assert!(
+        connect_ms.iter().any(|&ms| (200..2000).contains(&ms)),
+        "{got:?}"
+    );
+}

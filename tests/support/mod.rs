@@ -188,6 +188,35 @@ pub fn refused_addr() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
+/// A listening socket with a backlog of 0 that never accepts: once a connect or two
+/// fill its queue, the kernel drops further SYNs and a connect hangs.
+pub fn blackhole() -> (
+    std::net::SocketAddr,
+    socket2::Socket,
+    Vec<std::net::TcpStream>,
+) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(100)) {
+            Ok(s) => fillers.push(s),
+            Err(_) => return (addr, socket, fillers),
+        }
+    }
+    panic!("the backlog of {addr} never filled");
+}
+
 /// A free TCP port on 127.0.0.1 (for tests that run the binary).
 pub fn free_port() -> u16 {
     refused_addr().port()
