@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The test command of the README. Installs the outside programs the tests talk to
 # when they are missing (nginx and HAProxy as PROXY-protocol peers, Chromium to
-# render the status page, BIRD 2 and nftables for the fleet test, the official
-# Alibaba Cloud Python SDK for the control-API interop test), runs the whole
-# suite, then fails if anything the suite started outlived it. Needs root for the
-# installs (apt-get), as on CI and dev machines.
+# render the status page, BIRD 2 and nftables for the fleet test, logrotate to run
+# the shipped rotation config, the official Alibaba Cloud Python SDK for the
+# control-API interop test), runs the whole suite, then fails if anything the suite
+# started outlived it. Needs root for the installs (apt-get), as on CI and dev
+# machines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +37,8 @@ need=()
 [ -x /usr/sbin/bird ] || need+=(bird2)
 [ -x /usr/sbin/nft ] || need+=(nftables)
 [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need+=(iproute2)
+# tests/access_log_binary.rs runs config/logrotate.conf against the binary.
+[ -x /usr/sbin/logrotate ] || need+=(logrotate)
 if [ "${#need[@]}" -gt 0 ]; then apt_install "${need[@]}"; fi
 
 # tests/api.rs `sdk_interop` runs tests/sdk_interop.py with this exact SDK version,

@@ -17,10 +17,13 @@
 //! - [`persistence`]: the client-IP affinity table (LVS persistence templates).
 //! - [`limit`]: the process-wide connection cap (`max_connections`) and its permits.
 //! - [`metrics`]: metric names and the handles registered once.
+//! - [`access_log`]: one line per client connection when it ends, through a bounded
+//!   queue to one writer thread (text or JSON, reopened on SIGUSR1).
 //! - [`memory`]: heap memory given back after many connections close.
 //! - [`state`]: what the process knows of each listener and backend: health, counts,
 //!   and the immutable view the data path reads behind an `ArcSwap`.
-//! - [`copy`]: bytes both ways with half-close, the idle timeout and batched counts.
+//! - [`copy`]: bytes both ways with half-close, the idle timeout, the drain's cut
+//!   and batched counts; how the connection ended.
 //! - [`proxy`]: one connection: persistence, connect with timeout and retries, the
 //!   PROXY header, then [`copy`].
 //! - [`listener`]: listening sockets (socket2) and the accept loop.
@@ -37,6 +40,7 @@
 //!   unix socket; the new one takes them and reports when it serves.
 //! - [`demo`]: the built-in backends of `edgelb demo`.
 pub mod accept;
+pub mod access_log;
 pub mod admin;
 pub mod api;
 pub mod config;

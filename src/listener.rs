@@ -2,8 +2,9 @@
 //! [`crate::proxy`].
 
 use crate::accept::{self, AcceptBackoff};
+use crate::access_log::AccessLog;
 use crate::limit::ConnectionLimit;
-use crate::proxy;
+use crate::proxy::{self, PerWorker};
 use crate::state::ListenerState;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::HashMap;
@@ -73,18 +74,22 @@ impl Inherited {
 /// What every accept loop shares.
 pub struct Shared {
     pub limit: Arc<ConnectionLimit>,
-    /// Connection tasks, so a drain can wait for them. (Connections still open at the
-    /// drain deadline close when the runtime ends with the process: no per-connection
-    /// cancellation future is needed for that.)
+    /// Connection tasks, so a drain can wait for them.
     pub tracker: TaskTracker,
+    pub access_log: Arc<AccessLog>,
+    /// One per worker thread, in the workers' order: what its connections share,
+    /// with the token the drain deadline cancels.
+    pub workers: Vec<Arc<PerWorker>>,
 }
 
 /// Accepts until `stop` is cancelled; the socket closes when this returns.
+/// Connections run on this (`worker`'s) thread.
 pub async fn accept_loop(
     listener: TcpListener,
     state: Arc<ListenerState>,
     shared: Arc<Shared>,
     stop: CancellationToken,
+    worker: Arc<PerWorker>,
 ) {
     let mut backoff = AcceptBackoff::default();
     let socket = proxy::ListeningSocket {
@@ -116,9 +121,12 @@ pub async fn accept_loop(
                 );
             }
             drop(stream);
+            if shared.access_log.is_on() {
+                proxy::log_refused(&shared.access_log, &state, peer);
+            }
             continue;
         };
-        let task = proxy::handle(stream, peer, socket, state.clone(), permit);
+        let task = proxy::handle(stream, peer, socket, state.clone(), permit, worker.clone());
         shared.tracker.spawn(task);
     }
 }

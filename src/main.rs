@@ -27,7 +27,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Validate FILE, bind every running listener, serve until SIGTERM/SIGINT
-    /// (SIGHUP reloads FILE; SIGUSR2 upgrades to the binary now at this path).
+    /// (SIGHUP reloads FILE, SIGUSR1 reopens the access log, SIGUSR2 upgrades to
+    /// the binary now at this path).
     Run {
         /// The listener file (TOML).
         #[arg(short, long, value_name = "FILE")]
@@ -171,6 +172,7 @@ async fn serve(
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let mut user1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
     let mut user2 = signal(SignalKind::user_defined2()).context("cannot handle SIGUSR2")?;
     let systemd = Notifier::from_env();
     let mut inheritance =
@@ -219,6 +221,7 @@ async fn serve(
                 }
                 None => upgrading = None,
             },
+            _ = user1.recv() => process.reopen_access_log(),
         }
     };
     // Dropping an upgrade under way (SIGTERM meanwhile) kills its new process.

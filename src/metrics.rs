@@ -26,6 +26,7 @@ pub const CONFIG_RELOADS_TOTAL: &str = "edgelb_config_reloads_total";
 pub const UPGRADES_TOTAL: &str = "edgelb_upgrades_total";
 pub const ADMIN_REJECTED_CONNECTIONS_TOTAL: &str = "edgelb_admin_rejected_connections_total";
 pub const ADMIN_EVICTED_CONNECTIONS_TOTAL: &str = "edgelb_admin_evicted_connections_total";
+pub const ACCESS_LOG_DROPPED_TOTAL: &str = "edgelb_access_log_dropped_total";
 
 /// Every metric name above, for tests and tools (the Grafana dashboard test).
 pub const ALL: &[&str] = &[
@@ -48,6 +49,7 @@ pub const ALL: &[&str] = &[
     UPGRADES_TOTAL,
     ADMIN_REJECTED_CONNECTIONS_TOTAL,
     ADMIN_EVICTED_CONNECTIONS_TOTAL,
+    ACCESS_LOG_DROPPED_TOTAL,
 ];
 
 /// Histogram buckets of connection lifetimes, in seconds.
@@ -125,6 +127,10 @@ pub fn describe() {
         ADMIN_EVICTED_CONNECTIONS_TOTAL,
         "Idle admin connections closed, oldest first, to make room for a new one at [admin] max_connections"
     );
+    describe_counter!(
+        ACCESS_LOG_DROPPED_TOTAL,
+        "Access log lines dropped: the writer could not keep up (queue full) or a write failed"
+    );
     // Process-wide series exist from the start, so a dashboard shows 0, not "no data".
     for result in ["success", "failure"] {
         counter!(CONFIG_RELOADS_TOTAL, "result" => result).absolute(0);
@@ -132,6 +138,7 @@ pub fn describe() {
     }
     counter!(ADMIN_REJECTED_CONNECTIONS_TOTAL).absolute(0);
     counter!(ADMIN_EVICTED_CONNECTIONS_TOTAL).absolute(0);
+    counter!(ACCESS_LOG_DROPPED_TOTAL).absolute(0);
 }
 
 /// A Prometheus counter with a total the process can read back (the status page),
@@ -142,7 +149,7 @@ pub struct Total {
 }
 
 impl Total {
-    fn new(counter: Counter) -> Self {
+    pub fn new(counter: Counter) -> Self {
         Total {
             counter,
             value: AtomicU64::new(0),
@@ -293,6 +300,11 @@ pub fn upgrade(success: bool) {
 /// connection answering a request.
 pub fn admin_connection_rejected() {
     counter!(ADMIN_REJECTED_CONNECTIONS_TOTAL).increment(1);
+}
+
+/// The handle of `edgelb_access_log_dropped_total` (registered once per access log).
+pub fn access_log_dropped() -> Counter {
+    counter!(ACCESS_LOG_DROPPED_TOTAL)
 }
 
 /// An idle admin connection closed to make room for a new one at the admin cap.

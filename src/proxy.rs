@@ -1,16 +1,18 @@
 //! One client connection: persistence, pick a backend, connect (with timeout and
 //! retries), the PROXY header, then hand over to [`crate::copy`].
 
-use crate::copy::{copy_both_ways, Close};
+use crate::access_log::{AccessLog, End, Record};
+use crate::copy::{copy_both_ways, Cut};
 use crate::limit::Permit;
 use crate::metrics::LiveGuard;
 use crate::persistence::{PersistenceTable, Placement};
 use crate::proxy_protocol;
 use crate::scheduler::FlowKey;
-use crate::state::{ListenerState, ListenerView};
+use crate::state::{unix_millis, ListenerState, ListenerView};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
@@ -28,47 +30,168 @@ pub struct ListeningSocket {
     pub nodelay: bool,
 }
 
-/// Serves one accepted client until it is done.
+/// What the connections of one worker thread share. One per worker, so the
+/// reference each connection takes is counted on a cache line no other core
+/// writes, and waiting on `cut` registers with a lock only this worker takes.
+pub struct PerWorker {
+    pub access_log: Arc<AccessLog>,
+    /// Cancelled at the drain deadline: open connections end, logged `drain`.
+    pub cut: Cut,
+}
+
+/// How a connection ended, for the access log.
+struct Outcome {
+    end: End,
+    /// The backend reached, or the last one tried.
+    backend: Option<usize>,
+    connect: Option<Duration>,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl Outcome {
+    fn before_backend(end: End) -> Outcome {
+        Outcome {
+            end,
+            backend: None,
+            connect: None,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+}
+
+/// Serves one accepted client until it is done, then logs it (when the access
+/// log is on).
 pub async fn handle(
     client: TcpStream,
     peer: SocketAddr,
     socket: ListeningSocket,
     state: Arc<ListenerState>,
-    _permit: Permit,
+    permit: Permit,
+    worker: Arc<PerWorker>,
 ) {
     let started = Instant::now();
-    let metrics = &state.metrics;
-    let _active = LiveGuard::new(&metrics.active, &state.active);
     let view = state.view.load_full();
+    let outcome = {
+        let _active = LiveGuard::new(&state.metrics.active, &state.active);
+        let conn = Conn {
+            peer,
+            socket,
+            started,
+            cut: &worker.cut,
+        };
+        proxy(client, conn, &state, &view).await
+    };
+    drop(permit);
+    let log = &worker.access_log;
+    if log.is_on() {
+        let backend = outcome.backend.map(|i| &view.listener.backends[i]);
+        log.log(Record {
+            ended_unix_ms: unix_millis(),
+            client: peer,
+            listener: state.key.clone(),
+            server_id: backend.map(|b| b.server_id.clone()),
+            backend: backend.map(|b| b.addr),
+            connect_ms: outcome.connect.map(millis),
+            duration_ms: millis(started.elapsed()),
+            bytes_in: outcome.bytes_in,
+            bytes_out: outcome.bytes_out,
+            end: outcome.end,
+        });
+    }
+}
+
+/// A refused connection (`max_connections`), logged without a task of its own.
+pub fn log_refused(log: &AccessLog, state: &ListenerState, peer: SocketAddr) {
+    log.log(Record {
+        ended_unix_ms: unix_millis(),
+        client: peer,
+        listener: state.key.clone(),
+        server_id: None,
+        backend: None,
+        connect_ms: None,
+        duration_ms: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        end: End::MaxConnections,
+    });
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What [`proxy`] knows of its connection besides the sockets.
+struct Conn<'a> {
+    peer: SocketAddr,
+    socket: ListeningSocket,
+    /// When it was accepted.
+    started: Instant,
+    cut: &'a Cut,
+}
+
+/// Persistence, connect, the PROXY header, then the copy; says how it ended.
+async fn proxy(
+    client: TcpStream,
+    conn: Conn<'_>,
+    state: &ListenerState,
+    view: &ListenerView,
+) -> Outcome {
+    let Conn {
+        peer,
+        socket,
+        started,
+        cut,
+    } = conn;
+    let metrics = &state.metrics;
     if !socket.nodelay {
         set_nodelay_or_warn(&client, "client");
     }
     let Some(local) = socket.local.or_else(|| client.local_addr().ok()) else {
-        return; // the client is already gone
+        return Outcome::before_backend(End::ClientError); // the client is already gone
     };
     let flow = FlowKey {
         client: peer,
         local,
     };
-    let (mut pinned, preferred) = Pinned::lookup(&state.persistence, &view, peer.ip());
-    let (mut backend, index) = match connect(&view, &flow, preferred).await {
+    let (mut pinned, preferred) = Pinned::lookup(&state.persistence, view, peer.ip());
+    let connecting = Instant::now();
+    let connected = tokio::select! {
+        connected = connect(view, &flow, preferred) => connected,
+        () = cut.cancelled() => return Outcome::before_backend(End::Drain),
+    };
+    let connect = Some(connecting.elapsed());
+    let (mut backend, index) = match connected {
         Ok(connected) => connected,
         Err(Reject::NoBackend) => {
             metrics.rejected_no_backend.increment(1);
             tracing::debug!(client = %peer, listener = state.key.listener_port, "no backend with weight > 0");
-            return;
+            return Outcome::before_backend(End::NoBackend);
         }
-        Err(Reject::ConnectFailed) => {
+        Err(Reject::ConnectFailed { last }) => {
             metrics.rejected_connect_failed.increment(1);
             tracing::debug!(client = %peer, listener = state.key.listener_port, "no backend could be reached");
-            return;
+            return Outcome {
+                backend: Some(last),
+                connect,
+                ..Outcome::before_backend(End::ConnectFailed)
+            };
         }
     };
-    pinned.place(&view, index);
+    pinned.place(view, index);
+    let mut early = 0;
     if view.listener.spec.eip_transmit {
-        if let Err(e) = send_proxy_header(&client, &mut backend, peer, local).await {
-            tracing::debug!(client = %peer, error = %e, "PROXY header not sent");
-            return;
+        match send_proxy_header(&client, &mut backend, peer, local).await {
+            Ok(n) => early = n,
+            Err(end) => {
+                tracing::debug!(client = %peer, ?end, "PROXY header not sent");
+                return Outcome {
+                    backend: Some(index),
+                    connect,
+                    ..Outcome::before_backend(end)
+                };
+            }
         }
     }
     let backend_state = &view.backends[index];
@@ -77,19 +200,26 @@ pub async fn handle(
     backend_state.metrics.connections.increment(1);
     tracing::debug!(client = %peer, backend = %view.listener.backends[index].addr, listener = state.key.listener_port, "proxying");
     let idle = view.listener.established_timeout;
-    let close = copy_both_ways(client, backend, idle, &state, backend_state).await;
-    if close == Close::IdleTimeout {
+    let copied = copy_both_ways(client, backend, idle, state, backend_state, cut, early).await;
+    if copied.end == End::IdleTimeout {
         metrics.idle_timeouts.increment(1);
     }
     metrics.duration.record(started.elapsed().as_secs_f64());
-    tracing::debug!(client = %peer, listener = state.key.listener_port, ?close, "closed");
+    tracing::debug!(client = %peer, listener = state.key.listener_port, end = copied.end.as_str(), "closed");
+    Outcome {
+        end: copied.end,
+        backend: Some(index),
+        connect,
+        bytes_in: copied.bytes_in,
+        bytes_out: copied.bytes_out,
+    }
 }
 
 enum Reject {
     /// No backend with weight > 0.
     NoBackend,
-    /// Every attempt failed.
-    ConnectFailed,
+    /// Every attempt failed; `last` was tried last.
+    ConnectFailed { last: usize },
 }
 
 /// A client's persistence entry for the life of its connection (when
@@ -203,10 +333,9 @@ async fn connect(
         }
         state.metrics.connect_failures.increment(1);
     }
-    Err(if n == 0 {
-        Reject::NoBackend
-    } else {
-        Reject::ConnectFailed
+    Err(match n {
+        0 => Reject::NoBackend,
+        _ => Reject::ConnectFailed { last: tried[n - 1] },
     })
 }
 
@@ -215,14 +344,14 @@ const FIRST_CHUNK: usize = 4096;
 
 /// `eip_transmit = "on"`: a PROXY v2 header with the client's address as source and
 /// the address it reached as destination, before any client byte. Client bytes
-/// already waiting go in the same write; a server-speaks-first backend still gets
-/// the header at once.
+/// already waiting go in the same write (their count is returned); a
+/// server-speaks-first backend still gets the header at once.
 async fn send_proxy_header(
     client: &TcpStream,
     backend: &mut TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
-) -> io::Result<()> {
+) -> Result<usize, End> {
     let mut buf = vec![0u8; proxy_protocol::MAX_V2_LEN + FIRST_CHUNK];
     let mut header = [0u8; proxy_protocol::MAX_V2_LEN];
     let len = proxy_protocol::encode_v2(peer, local, &mut header);
@@ -230,9 +359,12 @@ async fn send_proxy_header(
     let early = match client.try_read(&mut buf[len..]) {
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-        Err(e) => return Err(e),
+        Err(_) => return Err(End::ClientError),
     };
-    backend.write_all(&buf[..len + early]).await
+    match backend.write_all(&buf[..len + early]).await {
+        Ok(()) => Ok(early),
+        Err(_) => Err(End::BackendError),
+    }
 }
 
 /// A failed socket option is worth a warning, not a failed connection.

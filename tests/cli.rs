@@ -77,3 +77,17 @@ fn version_and_help() {
         assert!(stdout.contains(word), "help lacks {word}: {stdout}");
     }
 }
+
+#[test]
+fn check_reports_an_access_log_in_a_missing_directory_with_its_location() {
+    let src = "[global]\naccess_log = \"/nonexistent-edgelb-logs/access.log\"\n";
+    let path = temp_file("access.toml", src);
+    let p = path.to_str().unwrap();
+    let (code, _, stderr) = edgelb(&["check", "--config", p]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        stderr.trim_end(),
+        format!("{p}:2:14: InvalidAccessLog: The specified parameter AccessLog is invalid: directory /nonexistent-edgelb-logs does not exist")
+    );
+    std::fs::remove_file(path).unwrap();
+}

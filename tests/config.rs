@@ -2,7 +2,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 //! cross-check, with the API's codes and exact locations.
 
-use edgelb::config::{line_col, Config, HealthCheckType, Scheduler, Status};
+use edgelb::config::{
+    line_col, AccessLogFormat, AccessLogTarget, Config, HealthCheckType, Scheduler, Status,
+};
 use std::time::Duration;
 
 /// A valid file; each `{...}` slot takes extra lines for that table.
@@ -513,6 +515,8 @@ fn defaults_are_resolved() {
     );
     assert_eq!(g.drain_delay, Duration::ZERO);
     assert_eq!((g.persistence_max_entries, g.max_connections), (262_144, 0));
+    assert_eq!(g.access_log, AccessLogTarget::Off);
+    assert_eq!(g.access_log_format, AccessLogFormat::Text);
     let l = &config.listeners[0];
     assert_eq!(l.spec.scheduler, Scheduler::Wrr);
     assert_eq!(l.persistence_timeout, None);
@@ -679,6 +683,8 @@ fn the_example_file_uses_every_key_and_is_valid() {
         "drain_delay",
         "persistence_max_entries",
         "max_connections",
+        "access_log",
+        "access_log_format",
         "access_key_id",
         "access_key_secret_file",
         "actions",
@@ -687,4 +693,59 @@ fn the_example_file_uses_every_key_and_is_valid() {
     ] {
         assert!(src.contains(key), "example lacks {key}");
     }
+}
+
+#[test]
+fn access_log_is_off_stderr_or_a_file_in_a_directory_that_exists() {
+    let dir = std::env::temp_dir().join(format!("edgelb-access-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let parse = |global: &str| Config::parse(&file("global", global), Some(&dir));
+    let g = parse("access_log = \"\"").unwrap().global;
+    assert_eq!(g.access_log, AccessLogTarget::Off);
+    let g = parse("access_log = \"stderr\"\naccess_log_format = \"json\"")
+        .unwrap()
+        .global;
+    assert_eq!(
+        (g.access_log, g.access_log_format),
+        (AccessLogTarget::Stderr, AccessLogFormat::Json)
+    );
+    // Relative to the listener file's directory, like secret files.
+    let g = parse("access_log = \"access.log\"").unwrap().global;
+    assert_eq!(g.access_log, AccessLogTarget::File(dir.join("access.log")));
+    let g = parse("access_log = \"/var/log/../tmp/a.log\"")
+        .unwrap()
+        .global;
+    assert_eq!(
+        g.access_log,
+        AccessLogTarget::File("/var/log/../tmp/a.log".into())
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // Errors with the value's location ([global] is line 1, the key line 2).
+    let src = file("global", "access_log = \"/nonexistent-edgelb/access.log\"");
+    assert_eq!(errors(&src), [("InvalidAccessLog".to_string(), 2, 14)]);
+    let err = Config::parse(&src, None).unwrap_err();
+    assert!(
+        err[0]
+            .message
+            .contains("directory /nonexistent-edgelb does not exist"),
+        "{}",
+        err[0].message
+    );
+    assert_eq!(
+        errors(&file("global", "access_log = \"/tmp\"")),
+        [("InvalidAccessLog".to_string(), 2, 14)]
+    );
+    assert_eq!(
+        codes(&file("global", "access_log = 1")),
+        ["InvalidAccessLog"]
+    );
+    assert_eq!(
+        errors(&file("global", "access_log_format = \"xml\"")),
+        [("InvalidAccessLogFormat".to_string(), 2, 21)]
+    );
+    assert_eq!(
+        codes(&file("global", "access_log_format = \"JSON\"")),
+        ["InvalidAccessLogFormat"]
+    );
 }

@@ -20,6 +20,7 @@ const LAYERS: &[&str] = &[
     "persistence",
     "limit",
     "metrics",
+    "access_log",
     "memory",
     // What the process knows of each listener and backend.
     "state",

@@ -14,14 +14,6 @@ fn lb_file(backend: SocketAddr, port: u16, global: &str) -> String {
         .replace("listener_port = 80", &format!("listener_port = {port}"))
 }
 
-/// The echo backend, on a runtime of its own that serves it while these tests
-/// (plain `#[test]`s driving the binary) block; it stops when the runtime drops.
-fn background_echo() -> (tokio::runtime::Runtime, SocketAddr) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let addr = rt.block_on(echo_backend()).addr;
-    (rt, addr)
-}
-
 fn echo_once(stream: &mut TcpStream, bytes: &[u8]) {
     stream.write_all(bytes).unwrap();
     let mut got = vec![0; bytes.len()];

@@ -113,35 +113,6 @@ async fn a_backend_reset_mid_stream_closes_the_client_and_leaks_nothing() {
     wait_for_no_leak(&lb, baseline).await;
 }
 
-/// A listening socket with a backlog of 0 that never accepts: once a connect or two
-/// fill its queue, the kernel drops further SYNs and a connect hangs.
-fn blackhole() -> (
-    std::net::SocketAddr,
-    socket2::Socket,
-    Vec<std::net::TcpStream>,
-) {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    socket
-        .bind(
-            &"127.0.0.1:0"
-                .parse::<std::net::SocketAddr>()
-                .unwrap()
-                .into(),
-        )
-        .unwrap();
-    socket.listen(0).unwrap();
-    let addr = socket.local_addr().unwrap().as_socket().unwrap();
-    let mut fillers = Vec::new();
-    for _ in 0..8 {
-        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
-            Ok(s) => fillers.push(s),
-            Err(_) => return (addr, socket, fillers),
-        }
-    }
-    panic!("the backlog of {addr} never filled");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_never_completes_the_handshake_times_out_and_the_retry_moves_on() {
     let _turn = serial().await;

@@ -2,7 +2,7 @@
 
 use super::{writeback, ApiError};
 use crate::config::{Config, Diagnostics};
-use crate::server::{BindError, Server};
+use crate::server::{ApplyError, Server};
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,7 @@ pub enum ReloadError {
     #[error("invalid listener file:\n{0}")]
     Invalid(Diagnostics),
     #[error(transparent)]
-    Bind(#[from] BindError),
+    Apply(#[from] ApplyError),
 }
 
 /// The running configuration and its file: what the control API reads and changes.
@@ -80,9 +80,10 @@ impl Control {
         let new_text = doc.to_string();
         let config = Config::parse(&new_text, self.path.parent())
             .map_err(|errors| ApiError::from_config(&errors))?;
-        self.server
-            .apply(&config)
-            .map_err(|e| ApiError::bad("InvalidListenerPort", e.to_string()))?;
+        self.server.apply(&config).map_err(|e| match e {
+            ApplyError::Bind(_) => ApiError::bad("InvalidListenerPort", e.to_string()),
+            ApplyError::AccessLog(_) => ApiError::internal(e.to_string()),
+        })?;
         let (path, written) = (self.path.clone(), new_text);
         let write =
             tokio::task::spawn_blocking(move || writeback::write_atomic(&path, &written)).await;

@@ -74,6 +74,27 @@ pub struct Global {
     pub persistence_max_entries: usize,
     /// Per process; 0 = derived from the file-descriptor limit at start.
     pub max_connections: usize,
+    /// Where the access log goes (SPEC section 5).
+    pub access_log: AccessLogTarget,
+    pub access_log_format: AccessLogFormat,
+}
+
+/// `access_log`: off (`""`), standard error (`"stderr"`) or a file opened for append.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AccessLogTarget {
+    #[default]
+    Off,
+    Stderr,
+    /// Relative paths are resolved against the listener file's directory.
+    File(PathBuf),
+}
+
+/// `access_log_format`: one line of space-separated fields, or one JSON object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -10,7 +10,7 @@ use crate::api::{Control, ReloadError};
 use crate::config::Config;
 use crate::listener::{self, Binder};
 use crate::metrics;
-use crate::server::{BindError, Handover, Server};
+use crate::server::{ApplyError, Handover, Server};
 use crate::workers::Workers;
 use handover::{admin_listener, socket_copy};
 use std::future::Future;
@@ -76,7 +76,7 @@ pub enum StartError {
     #[error("cannot start the worker threads: {0}")]
     Workers(io::Error),
     #[error(transparent)]
-    Bind(#[from] BindError),
+    Apply(#[from] ApplyError),
 }
 
 /// A started process: its listeners, control API and admin server.
@@ -189,7 +189,7 @@ impl Process {
                 );
                 metrics::config_reload(false);
             }
-            Err(ReloadError::Bind(e)) => {
+            Err(ReloadError::Apply(e)) => {
                 tracing::error!(error = %e, "reload refused: the running configuration is unchanged");
                 metrics::config_reload(false);
             }
@@ -198,6 +198,11 @@ impl Process {
                 metrics::config_reload(true);
             }
         }
+    }
+
+    /// SIGUSR1: reopens the access log file (after logrotate renamed it).
+    pub fn reopen_access_log(&self) {
+        self.server.reopen_access_log();
     }
 
     /// SIGTERM: not ready at once (`/healthz` says 503); the listeners keep

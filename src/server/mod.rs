@@ -4,10 +4,13 @@
 //! - [`handover`]: what a binary upgrade takes from the running set and gives the
 //!   next one.
 
+use crate::access_log::{AccessLog, OpenError};
 use crate::config::{Config, Global, Listener, ListenerKey};
+use crate::copy::Cut;
 use crate::health;
 use crate::limit::{self, ConnectionLimit};
 use crate::listener::{self, accept_loop, Binder, Shared};
+use crate::proxy::PerWorker;
 use crate::state::{ListenerState, SavedListener};
 use crate::workers::Workers;
 use std::collections::HashMap;
@@ -29,6 +32,21 @@ pub struct BindError {
     pub address: SocketAddr,
     pub source: io::Error,
 }
+
+/// Why a configuration could not be put in force (at start: exit 1; a reload is
+/// refused and changes nothing).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error(transparent)]
+    AccessLog(#[from] OpenError),
+}
+
+/// How long connections cut at the drain deadline get to end and log.
+const CUT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long the exit waits for the access log's last lines.
+const LOG_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 struct Accepting {
     /// The configured bind address (the actual one may differ with a test binder).
@@ -69,7 +87,7 @@ impl Server {
     /// one socket per worker (the first through `binder`, the others with
     /// `SO_REUSEPORT` on the address it got). The rest (health checks, persistence
     /// purges) runs on the current runtime.
-    pub fn start(config: &Config, binder: Binder, workers: Workers) -> Result<Server, BindError> {
+    pub fn start(config: &Config, binder: Binder, workers: Workers) -> Result<Server, ApplyError> {
         Server::start_with(config, binder, workers, Handover::default())
     }
 
@@ -83,12 +101,23 @@ impl Server {
         binder: Binder,
         workers: Workers,
         mut handover: Handover,
-    ) -> Result<Server, BindError> {
+    ) -> Result<Server, ApplyError> {
         let max = max_connections(config);
+        let access_log = Arc::new(AccessLog::new());
+        let per_worker = (0..workers.count())
+            .map(|_| {
+                Arc::new(PerWorker {
+                    access_log: access_log.clone(),
+                    cut: Cut::default(),
+                })
+            })
+            .collect();
         let server = Server {
             shared: Arc::new(Shared {
                 limit: ConnectionLimit::new(max),
                 tracker: TaskTracker::new(),
+                access_log,
+                workers: per_worker,
             }),
             binder,
             workers,
@@ -113,12 +142,13 @@ impl Server {
 
     /// Applies `config`: listeners that remain keep their socket and state; new ones
     /// bind; removed or stopped ones close their socket while their connections run
-    /// on. If a new socket cannot be bound, nothing changes.
-    pub fn apply(&self, config: &Config) -> Result<(), BindError> {
+    /// on. If a new socket cannot be bound, or a new access log file opened,
+    /// nothing changes.
+    pub fn apply(&self, config: &Config) -> Result<(), ApplyError> {
         self.apply_with(config, &mut Handover::default())
     }
 
-    fn apply_with(&self, config: &Config, handover: &mut Handover) -> Result<(), BindError> {
+    fn apply_with(&self, config: &Config, handover: &mut Handover) -> Result<(), ApplyError> {
         let mut saved: HashMap<ListenerKey, SavedListener> =
             std::mem::take(&mut handover.listeners)
                 .into_iter()
@@ -126,6 +156,8 @@ impl Server {
                 .collect();
         let mut state = self.state();
         let state = &mut *state;
+        let (log_target, log_format) = (&config.global.access_log, config.global.access_log_format);
+        let log_change = self.shared.access_log.prepare(log_target, log_format)?;
         let mut bound = HashMap::new();
         for l in config.listeners.iter().filter(|l| l.is_running()) {
             let key = l.key();
@@ -143,6 +175,10 @@ impl Server {
                     source,
                 })?;
             bound.insert(key, sockets);
+        }
+        if let Some(change) = log_change {
+            self.shared.access_log.commit(change);
+            tracing::info!(target = ?log_target, format = ?log_format, "access log");
         }
         let global = Arc::new(config.global.clone());
         state.global = global.clone();
@@ -230,13 +266,19 @@ impl Server {
             .collect();
         // More sockets than workers (inherited from a process with more): each
         // worker takes its share, so every accept queue is served.
-        let workers = self.workers.handles().iter().cycle();
-        for (socket, worker) in sockets.into_iter().zip(workers) {
+        let workers = self
+            .workers
+            .handles()
+            .iter()
+            .zip(&self.shared.workers)
+            .cycle();
+        for (socket, (worker, per_worker)) in sockets.into_iter().zip(workers) {
             let (state, shared, stop) = (listener.clone(), self.shared.clone(), stop.clone());
+            let per_worker = per_worker.clone();
             // Registered with the worker's own reactor, from the worker.
             worker.spawn(async move {
                 match tokio::net::TcpListener::from_std(socket) {
-                    Ok(socket) => accept_loop(socket, state, shared, stop).await,
+                    Ok(socket) => accept_loop(socket, state, shared, stop, per_worker).await,
                     Err(e) => {
                         tracing::error!(load_balancer_id = %state.key.load_balancer_id, listener = state.key.listener_port, error = %e, "cannot register the listening socket");
                     }
@@ -282,8 +324,14 @@ impl Server {
         self.state().global.drain_delay
     }
 
+    /// SIGUSR1: the access log file is reopened by its path.
+    pub fn reopen_access_log(&self) {
+        self.shared.access_log.reopen();
+    }
+
     /// Closes every listening socket, waits up to `drain_timeout` for open
-    /// connections to finish, then closes the rest. Returns how many were cut.
+    /// connections to finish, then cuts the rest (each logged `drain`) and waits
+    /// for the access log's last lines. Returns how many were cut.
     pub async fn drain(&self) -> usize {
         let timeout = {
             let mut state = self.state();
@@ -301,17 +349,34 @@ impl Server {
                 "draining open connections"
             );
         }
+        let mut cut = 0;
         if tokio::time::timeout(timeout, self.shared.tracker.wait())
             .await
-            .is_ok()
+            .is_err()
         {
-            return 0;
+            cut = self.open_connections();
+            tracing::warn!(
+                connections = cut,
+                "drain timeout reached: closing the remaining connections"
+            );
+            for worker in &self.shared.workers {
+                worker.cut.cancel();
+            }
+            if tokio::time::timeout(CUT_GRACE, self.shared.tracker.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    connections = self.open_connections(),
+                    "connections still open after the cut"
+                );
+            }
         }
-        let cut = self.open_connections();
-        tracing::warn!(
-            connections = cut,
-            "drain timeout reached: closing the remaining connections"
-        );
+        let log = self.shared.access_log.clone();
+        let flushed = tokio::task::spawn_blocking(move || log.flush(LOG_FLUSH_WAIT)).await;
+        if !matches!(flushed, Ok(true)) {
+            tracing::warn!("access log: the last lines may be lost (the writer is stuck)");
+        }
         cut
     }
 }

@@ -33,7 +33,7 @@ const PURGE_EVERY: Duration = Duration::from_secs(1);
 
 /// A listener's lasting state: its current view, metrics and backend states.
 pub struct ListenerState {
-    pub key: ListenerKey,
+    pub key: Arc<ListenerKey>,
     pub view: ArcSwap<ListenerView>,
     pub metrics: ListenerMetrics,
     /// Client connections open on this listener.
@@ -49,7 +49,7 @@ pub struct ListenerState {
 
 impl ListenerState {
     pub fn new(listener: config::Listener, global: &Arc<Global>) -> Arc<ListenerState> {
-        let key = listener.key();
+        let key = Arc::new(listener.key());
         let metrics = ListenerMetrics::new(&key.load_balancer_id, key.listener_port);
         let mut backends = HashMap::new();
         let view = ListenerView::build(&key, &mut backends, listener, global.clone());

@@ -106,6 +106,14 @@ pub async fn echo_backend() -> Backend {
     serve(echo).await
 }
 
+/// The echo backend, on a runtime of its own that serves it while a plain
+/// `#[test]` driving the binary blocks; it stops when the runtime drops.
+pub fn background_echo() -> (tokio::runtime::Runtime, SocketAddr) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr = rt.block_on(echo_backend()).addr;
+    (rt, addr)
+}
+
 /// Writes `name` on every connection, then echoes.
 pub async fn named_backend(name: &'static str) -> Backend {
     serve(move |stream| named_echo(name, stream)).await
@@ -178,6 +186,35 @@ pub async fn health_frozen() -> String {
 pub fn refused_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap()
+}
+
+/// A listening socket with a backlog of 0 that never accepts: once a connect or two
+/// fill its queue, the kernel drops further SYNs and a connect hangs.
+pub fn blackhole() -> (
+    std::net::SocketAddr,
+    socket2::Socket,
+    Vec<std::net::TcpStream>,
+) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(100)) {
+            Ok(s) => fillers.push(s),
+            Err(_) => return (addr, socket, fillers),
+        }
+    }
+    panic!("the backlog of {addr} never filled");
 }
 
 /// A free TCP port on 127.0.0.1 (for tests that run the binary).

@@ -15,7 +15,7 @@ pub use load_balancers::{validate_backend_server, BACKEND_SERVERS, IP, PORT, SER
 
 use super::error::{Code, ConfigError, Span};
 use super::fields::{Param, Reader, TomlFields};
-use super::{defaults, Config, Global, LoadBalancer};
+use super::{defaults, AccessLogFormat, AccessLogTarget, Config, Global, LoadBalancer};
 use cross_checks::{check_unique, resolve_listeners};
 use std::path::Path;
 use toml_edit::{Item, Table};
@@ -54,7 +54,9 @@ pub(super) fn config(src: &str, base_dir: Option<&Path>) -> Result<Config, Vec<C
         }
     }
     let global_table = section(root, "global", "Global", &mut errors);
-    let global = global_table.as_ref().and_then(|t| global(t, &mut errors));
+    let global = global_table
+        .as_ref()
+        .and_then(|t| global(t, base_dir, &mut errors));
     let admin_table = section(root, "admin", "Admin", &mut errors);
     let admin = admin_table
         .as_ref()
@@ -141,7 +143,7 @@ pub(super) fn tables(
 }
 
 /// `[global]`, with its defaults.
-fn global(table: &Table, errors: &mut Vec<ConfigError>) -> Option<Global> {
+fn global(table: &Table, base_dir: Option<&Path>, errors: &mut Vec<ConfigError>) -> Option<Global> {
     use defaults as d;
     let fields = TomlFields(table);
     let mut r = Reader::new(&fields, errors);
@@ -175,6 +177,15 @@ fn global(table: &Table, errors: &mut Vec<ConfigError>) -> Option<Global> {
         0..=10_000_000,
         d::MAX_CONNECTIONS,
     );
+    let access_log = access_log(&mut r, base_dir);
+    let access_log_format = r.choice(
+        &p("access_log_format", "AccessLogFormat"),
+        &[
+            ("text", AccessLogFormat::Text),
+            ("json", AccessLogFormat::Json),
+        ],
+        AccessLogFormat::Text,
+    );
     r.finish();
     Some(Global {
         hash_seed: seed?,
@@ -184,5 +195,47 @@ fn global(table: &Table, errors: &mut Vec<ConfigError>) -> Option<Global> {
         drain_delay: std::time::Duration::from_secs(u64::try_from(delay?).ok()?),
         persistence_max_entries: usize::try_from(max_entries?).ok()?,
         max_connections: usize::try_from(max_conns?).ok()?,
+        access_log: access_log?,
+        access_log_format: access_log_format?,
     })
+}
+
+/// `access_log`: `""`, `"stderr"` or a file path whose directory exists (checked
+/// here, so `check` reports it with its location; the file itself is opened at start).
+fn access_log(
+    r: &mut Reader<'_, '_, TomlFields<'_>>,
+    base_dir: Option<&Path>,
+) -> Option<AccessLogTarget> {
+    let param = p("access_log", "AccessLog");
+    if !r.has(&param) {
+        r.field(&param);
+        return Some(AccessLogTarget::Off);
+    }
+    let value = r.string(&param, |s| {
+        if s.is_empty() || s == "stderr" {
+            return Ok(());
+        }
+        let path = resolve(base_dir, s);
+        if path.is_dir() {
+            return Err(format!("{s:?} is a directory"));
+        }
+        match path.parent() {
+            Some(dir) if dir.as_os_str().is_empty() || dir.is_dir() => Ok(()),
+            Some(dir) => Err(format!("directory {} does not exist", dir.display())),
+            None => Err(format!("{s:?} is not a file path")),
+        }
+    })?;
+    Some(match value.as_str() {
+        "" => AccessLogTarget::Off,
+        "stderr" => AccessLogTarget::Stderr,
+        path => AccessLogTarget::File(resolve(base_dir, path)),
+    })
+}
+
+/// `path` as given when absolute, else under the listener file's directory.
+pub(super) fn resolve(base_dir: Option<&Path>, path: &str) -> std::path::PathBuf {
+    match base_dir {
+        Some(dir) if !Path::new(path).is_absolute() => dir.join(path),
+        _ => std::path::PathBuf::from(path),
+    }
 }
