@@ -321,3 +321,39 @@ async fn ten_upgrades_in_a_row_lose_nothing_and_carry_the_state_over() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A new process with fewer workers than the old one had sockets per listener
+/// serves them all: each socket has its own accept queue, and a queue nobody
+/// accepts from would hold its connections forever.
+#[tokio::test]
+async fn inherited_sockets_beyond_the_workers_are_all_served() {
+    let backend = echo_backend().await;
+    let port = free_port();
+    let text = config_text(&[("b", backend.addr, 100)], "", "")
+        .replace("listener_port = 80", &format!("listener_port = {port}"));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    // Three SO_REUSEPORT sockets, as an old process with three workers had.
+    let mut handover = edgelb::server::Handover::default();
+    for _ in 0..3 {
+        handover
+            .sockets
+            .add(addr, edgelb::listener::bind(addr).unwrap());
+    }
+    let server = edgelb::server::Server::start_with(
+        &parse(&text),
+        ephemeral_binder(),
+        edgelb::workers::Workers::current(),
+        handover,
+    )
+    .unwrap();
+    assert_eq!(server.local_addrs().values().next(), Some(&addr));
+    // The kernel spreads connections over the three by their ports: with 60,
+    // every queue gets some, and each must be answered.
+    for n in 0..60u64 {
+        let payload = random_bytes(64, n);
+        let echoed = tokio::time::timeout(REPLY_WITHIN, echo_through(addr, &payload))
+            .await
+            .unwrap_or_else(|_| panic!("connection {n} sat in a queue nobody serves"));
+        assert_eq!(echoed, payload);
+    }
+}
