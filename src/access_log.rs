@@ -235,8 +235,8 @@ impl AccessLog {
         }
     }
 
-    /// SIGUSR1: the writer reopens the file by its path before its next batch
-    /// (after logrotate renamed it); lines already written stay in the old file.
+    /// SIGUSR1: the writer reopens the file by its path (after logrotate renamed
+    /// it), in queue order: lines already queued go to the old file.
     pub fn reopen(&self) {
         if let Some(queue) = self.queue.get() {
             queue.reopen();

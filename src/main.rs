@@ -10,7 +10,7 @@ use edgelb::upgrade::{self, Upgrader};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// A TCP (layer 4) load balancer whose listeners follow the ENS
 /// CreateLoadBalancerTCPListener API.
@@ -227,7 +227,7 @@ async fn serve(
     // Dropping an upgrade under way (SIGTERM meanwhile) kills its new process.
     drop(upgrading);
     if handed_over {
-        process.drain_handed_over().await;
+        reopening_during(process.drain_handed_over(), &mut user1, &process).await;
         return Ok(());
     }
     systemd.stopping();
@@ -238,8 +238,25 @@ async fn serve(
             _ = interrupt.recv() => {}
         }
     };
-    process.drain(early).await;
+    reopening_during(process.drain(early), &mut user1, &process).await;
     Ok(())
+}
+
+/// Runs `drain` to its end while SIGUSR1 still reopens the access log: a drain can
+/// last `drain_timeout`, and logrotate's `postrotate` signals every process of the
+/// service, the draining one too, whose lines must then go to the new file.
+async fn reopening_during<T>(
+    drain: impl Future<Output = T>,
+    user1: &mut Signal,
+    process: &Process,
+) -> T {
+    tokio::pin!(drain);
+    loop {
+        tokio::select! {
+            out = &mut drain => return out,
+            _ = user1.recv() => process.reopen_access_log(),
+        }
+    }
 }
 
 async fn run_demo(workers: usize) -> anyhow::Result<()> {

@@ -44,6 +44,16 @@ fn echo_n(addr: SocketAddr, n: usize) {
     assert_eq!(back.len(), n);
 }
 
+/// A connection left open after "hello" went through and came back.
+fn open_with_hello(addr: SocketAddr) -> TcpStream {
+    let mut open = TcpStream::connect(addr).unwrap();
+    open.set_read_timeout(Some(REPLY_WITHIN)).unwrap();
+    open.write_all(b"hello").unwrap();
+    let mut back = [0u8; 5];
+    open.read_exact(&mut back).unwrap();
+    open
+}
+
 #[test]
 fn connections_cut_by_the_drain_are_logged_before_the_exit() {
     let (_rt, backend) = background_echo();
@@ -53,11 +63,7 @@ fn connections_cut_by_the_drain_are_logged_before_the_exit() {
     let text = config_text(&[("b1", backend, 100)], &global, "");
     let (mut proc, addr, _) = Edgelb::start_on_free_ports(&text, None, None);
     echo_n(addr, 3);
-    let mut open = TcpStream::connect(addr).unwrap();
-    open.set_read_timeout(Some(REPLY_WITHIN)).unwrap();
-    open.write_all(b"hello").unwrap();
-    let mut back = [0u8; 5];
-    open.read_exact(&mut back).unwrap();
+    let open = open_with_hello(addr);
     proc.signal(libc::SIGTERM);
     assert_eq!(proc.wait_exit(Duration::from_secs(20)).code(), Some(0));
     let lines = lines_of(&path);
@@ -136,6 +142,36 @@ fn sigusr1_under_load_moves_the_log_to_a_new_file_and_loses_no_line() {
     assert!(proc.log_text().contains("access log reopened"));
     proc.signal(libc::SIGTERM);
     assert_eq!(proc.wait_exit(Duration::from_secs(20)).code(), Some(0));
+}
+
+#[test]
+fn sigusr1_during_the_drain_reopens_the_file() {
+    let (_rt, backend) = background_echo();
+    let dir = temp_dir("access-drain-rotate");
+    let (path, rotated) = (dir.join("access.log"), dir.join("access.log.1"));
+    let global = format!("drain_timeout = 60\naccess_log = \"{}\"", path.display());
+    let text = config_text(&[("b1", backend, 100)], &global, "");
+    let (mut proc, addr, _) = Edgelb::start_on_free_ports(&text, None, None);
+    // wait_listening's probe, written before the rotation.
+    wait_for("the probe's line", || lines_of(&path).len() == 1);
+    let mut open = open_with_hello(addr);
+    proc.signal(libc::SIGTERM);
+    wait_for("the drain", || {
+        proc.log_text().contains("stopped listening")
+    });
+    std::fs::rename(&path, &rotated).unwrap();
+    proc.signal(libc::SIGUSR1);
+    wait_for("the new file", || path.exists());
+    let client = open.local_addr().unwrap();
+    open.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    open.read_to_end(&mut rest).unwrap();
+    assert_eq!(proc.wait_exit(Duration::from_secs(20)).code(), Some(0));
+    assert_eq!(lines_of(&rotated).len(), 1, "{:?}", lines_of(&rotated));
+    let lines = lines_of(&path);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains(&format!(" {client} ")), "{lines:?}");
+    assert!(lines[0].ends_with(" 5 5 client_closed"), "{lines:?}");
 }
 
 #[test]

@@ -81,19 +81,24 @@ fn open_file(path: &std::path::Path) -> io::Result<std::fs::File> {
         .open(path)
 }
 
+/// A new format, and a new output when `Some` (`Some(None)`: no output).
+type Setting = (Option<Option<Output>>, AccessLogFormat);
+
 enum Msg {
     Line(Record),
-    /// Look at [`Control`] (a new output or format, a reopen).
-    Wake,
+    /// From here on, this output and format: lines queued before it are
+    /// written as they were meant to be.
+    Set(Setting),
+    /// Open the file again by its path (after a rotation).
+    Reopen,
     /// Answer once everything queued before is written.
     Flush(SyncSender<()>),
 }
 
-/// What the control plane asks of the writer, read before each batch.
+/// What the queue had no room for, applied after the writer's next batch.
 #[derive(Default)]
 struct Control {
-    /// A new format, and a new output when `Some` (`Some(None)`: no output).
-    pending: Mutex<Option<(Option<Option<Output>>, AccessLogFormat)>>,
+    pending: Mutex<Option<Setting>>,
     reopen: AtomicBool,
 }
 
@@ -120,27 +125,30 @@ impl Queue {
         self.tx.try_send(Msg::Line(record)).is_ok()
     }
 
-    /// A new format, and a new output when `output` is `Some`.
+    /// A new format, and a new output when `output` is `Some`, in queue order.
+    /// The control plane never waits either: with the queue full, the change
+    /// waits in [`Control`] for the end of the writer's next batch (and so does
+    /// every later change until then, to keep their order).
     pub(super) fn set(&self, output: Option<Option<Output>>, format: AccessLogFormat) {
         let mut pending = self
             .control
             .pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        *pending = Some((output, format));
-        drop(pending);
-        self.wake();
+        if pending.is_some() {
+            *pending = Some((output, format));
+        } else if let Err(TrySendError::Full(Msg::Set(setting))) =
+            self.tx.try_send(Msg::Set((output, format)))
+        {
+            *pending = Some(setting);
+        }
     }
 
+    /// In queue order too; with the queue full, after the writer's next batch.
     pub(super) fn reopen(&self) {
-        self.control.reopen.store(true, Ordering::Release);
-        self.wake();
-    }
-
-    /// A full queue needs no wake: the writer looks at the control before its
-    /// next batch anyway.
-    fn wake(&self) {
-        let _ = self.tx.try_send(Msg::Wake);
+        if self.tx.try_send(Msg::Reopen).is_err() {
+            self.control.reopen.store(true, Ordering::Release);
+        }
     }
 
     pub(super) fn flush(&self, within: Duration) -> bool {
@@ -177,19 +185,38 @@ fn run(rx: &Receiver<Msg>, control: &Control, dropped: &Total) {
     let mut acks = Vec::new();
     while let Ok(first) = rx.recv() {
         std::thread::sleep(GATHER);
-        // Before the batch: lines of connections that ended after a reopen or a
-        // change was asked for go to the new output.
-        apply(control, &mut batch.output, &mut batch.format);
+        // In queue order: lines queued before a reopen or a change was asked for
+        // (its wake) go to the output they were meant for, even when the change
+        // turns the log off; lines after it, to the new one.
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
                 Msg::Line(record) => batch.add(&record, dropped),
-                Msg::Wake => {}
+                Msg::Set(setting) => {
+                    batch.write(dropped);
+                    batch.set(setting);
+                }
+                Msg::Reopen => {
+                    batch.write(dropped);
+                    batch.reopen();
+                }
                 Msg::Flush(ack) => acks.push(ack),
             }
             next = rx.try_recv().ok();
         }
         batch.write(dropped);
+        // What the full queue had no room for applies from the next batch.
+        let pending = control
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(setting) = pending {
+            batch.set(setting);
+        }
+        if control.reopen.swap(false, Ordering::AcqRel) {
+            batch.reopen();
+        }
         for ack in acks.drain(..) {
             let _ = ack.send(());
         }
@@ -207,6 +234,19 @@ struct Batch {
 }
 
 impl Batch {
+    fn set(&mut self, (output, format): Setting) {
+        self.format = format;
+        if let Some(output) = output {
+            self.output = output;
+        }
+    }
+
+    fn reopen(&mut self) {
+        if let Some(out) = self.output.as_mut() {
+            out.reopen();
+        }
+    }
+
     fn add(&mut self, record: &Record, dropped: &Total) {
         if self.output.is_none() {
             return;
@@ -237,24 +277,5 @@ impl Batch {
         }
         self.buf.clear();
         self.lines = 0;
-    }
-}
-
-fn apply(control: &Control, output: &mut Option<Output>, format: &mut AccessLogFormat) {
-    let pending = control
-        .pending
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take();
-    if let Some((new_output, new_format)) = pending {
-        *format = new_format;
-        if let Some(new_output) = new_output {
-            *output = new_output;
-        }
-    }
-    if control.reopen.swap(false, Ordering::AcqRel) {
-        if let Some(out) = output.as_mut() {
-            out.reopen();
-        }
     }
 }
