@@ -81,7 +81,7 @@ pub async fn handle(
             started,
             cut: &worker.cut,
         };
-        proxy(client, conn, &state, &view).await
+        proxy(client, &conn, &state, &view).await
     };
     drop(permit);
     let log = &worker.access_log;
@@ -134,7 +134,9 @@ struct Conn<'a> {
 /// Persistence, connect, the PROXY header, then the copy; says how it ended.
 async fn proxy(
     client: TcpStream,
-    conn: Conn<'_>,
+    // By reference: the caller keeps it, so it does not take room twice in every
+    // connection's task (a by-value argument keeps its slot beside the locals).
+    conn: &Conn<'_>,
     state: &ListenerState,
     view: &ListenerView,
 ) -> Outcome {
@@ -152,7 +154,7 @@ async fn proxy(
         return Outcome::before_backend(End::ClientError); // the client is already gone
     };
     let flow = FlowKey {
-        client: peer,
+        client: *peer,
         local,
     };
     let (mut pinned, preferred) = Pinned::lookup(&state.persistence, view, peer.ip());
@@ -182,7 +184,7 @@ async fn proxy(
     pinned.place(view, index);
     let mut early = 0;
     if view.listener.spec.eip_transmit {
-        match send_proxy_header(&client, &mut backend, peer, local).await {
+        match send_proxy_header(&client, &mut backend, *peer, local).await {
             Ok(n) => early = n,
             Err(end) => {
                 tracing::debug!(client = %peer, ?end, "PROXY header not sent");

@@ -24,26 +24,27 @@ impl Cut {
     /// any of its branches is woken (each time bytes move): the token, whose every
     /// look takes its lock, is polled only on the first poll (to register the
     /// task's waker) and when the waker changes; otherwise it is one atomic load.
-    pub fn cancelled(&self) -> impl Future<Output = ()> + '_ {
+    ///
+    /// The token's future is made here, not passed in: moved into this future,
+    /// it would take its room twice in every connection's task.
+    pub async fn cancelled(&self) {
         let wait = self.token.cancelled();
-        async move {
-            tokio::pin!(wait);
-            let mut registered: Option<Waker> = None;
-            std::future::poll_fn(|cx| {
-                if self.cut.load(Ordering::Acquire) {
-                    return Poll::Ready(());
-                }
-                if registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    return Poll::Pending;
-                }
-                let poll = wait.as_mut().poll(cx);
-                if poll.is_pending() {
-                    registered = Some(cx.waker().clone());
-                }
-                poll
-            })
-            .await;
-        }
+        tokio::pin!(wait);
+        let mut registered: Option<Waker> = None;
+        std::future::poll_fn(|cx| {
+            if self.cut.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            if registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                return Poll::Pending;
+            }
+            let poll = wait.as_mut().poll(cx);
+            if poll.is_pending() {
+                registered = Some(cx.waker().clone());
+            }
+            poll
+        })
+        .await;
     }
 }
 
