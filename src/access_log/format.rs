@@ -99,39 +99,11 @@ fn json_escaped(s: &str, out: &mut Vec<u8>) {
 }
 
 /// Milliseconds since the Unix epoch as RFC 3339 in UTC with milliseconds:
-/// `2026-11-30T15:16:04.123Z`.
+/// `2026-11-30T15:16:04.123Z` (humantime writes it through a stack buffer: no
+/// allocation).
 pub fn rfc3339_millis(unix_ms: u64, out: &mut Vec<u8>) {
-    let secs = unix_ms / 1000;
-    let (year, month, day) = civil_from_days(secs / 86_400);
-    let second_of_day = secs % 86_400;
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        second_of_day / 3600,
-        second_of_day / 60 % 60,
-        second_of_day % 60,
-        unix_ms % 1000
-    );
-}
-
-/// The proleptic Gregorian date of a count of days since 1970-01-01 (Howard
-/// Hinnant's `civil_from_days`: eras of 400 years starting on March 1st, so the
-/// leap day ends a year). Hand-written rather than a date crate: it is the only
-/// date arithmetic edgelb needs.
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    // Days since 0000-03-01.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let day_of_era = z % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    // Months counted from March.
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = year_of_era + era * 400 + u64::from(month <= 2);
-    (year, month, day)
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms);
+    let _ = write!(out, "{}", humantime::format_rfc3339_millis(time));
 }
 
 #[cfg(test)]
@@ -167,7 +139,9 @@ mod tests {
         };
         let mut expected = (1970, 1, 1);
         for days in 0..(430 * 366) {
-            let got = civil_from_days(days);
+            let line = time(days * 86_400_000);
+            let field = |r: std::ops::Range<usize>| line[r].parse::<u64>().unwrap();
+            let got = (field(0..4), field(5..7), field(8..10));
             assert_eq!(got, expected, "day {days}");
             let (y, m, d) = expected;
             expected = if d < month_len(y, m) {
