@@ -61,6 +61,8 @@ pub mod server;
 pub mod splice;
 pub mod state;
 pub mod systemd;
+#[cfg(test)]
+mod testing;
 pub mod upgrade;
 pub mod warn_every;
 pub mod workers;

@@ -108,8 +108,7 @@ mod tests {
 
     #[test]
     fn messages_reach_a_path_socket() {
-        let dir = std::env::temp_dir().join(format!("edgelb-notify-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::temp_dir("notify");
         let path = dir.join("notify.sock");
         let _ = std::fs::remove_file(&path);
         let socket = UnixDatagram::bind(&path).unwrap();

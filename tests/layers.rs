@@ -7,6 +7,8 @@ use std::path::Path;
 
 /// The crate's top-level modules, lowest first.
 const LAYERS: &[&str] = &[
+    // Unit-test helpers (cfg(test) only).
+    "testing",
     // The shared vocabulary and leaf utilities.
     "config",
     "warn_every",

@@ -160,13 +160,7 @@ fn a_stuck_writer_never_blocks_the_producer_and_every_line_is_written_or_counted
 }
 
 fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "edgelb-access-log-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    crate::testing::temp_dir("access-log")
 }
 
 #[test]

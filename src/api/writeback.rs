@@ -47,13 +47,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn temp_dir(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "edgelb-wb-{tag}-{}-{:x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        fs::create_dir_all(&dir).unwrap();
-        dir
+        crate::testing::temp_dir(&format!("wb-{tag}"))
     }
 
     #[test]

@@ -245,12 +245,7 @@ mod tests {
     use std::time::Duration;
 
     async fn start(global: &str) -> (Process, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!(
-            "edgelb-process-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::temp_dir("process");
         let path = dir.join("lb.toml");
         let text = format!(
             "[global]\n{global}\n[admin]\naddress = \"\"\n[[load_balancers]]\nid = \"lb\"\n\
